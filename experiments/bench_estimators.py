@@ -15,8 +15,13 @@ timed on the first K models and scaled by M / K (written as "numpy_models_timed"
 The synthetic task: features of M models = class signal + low-rank nuisance + noise
 through a random projection to D dims; probs = softmax of a random source head
 (--source_classes classes). Both are float32 arrays [M, N, .] handed to score_models as is
-(a 3-D array stands for M equally wide models) and looped over by the baselines. Writes {"D=<d>": {name: {"seconds", "compile_seconds",
-"numpy_seconds", "speedup", ...}}} to --out and prints a table.
+(a 3-D array stands for M equally wide models; NumPy allocates it unaligned, so every call
+copies it into JAX's memory) and looped over by the baselines. Each estimator is also
+timed on the same arrays already held by JAX ("seconds_device_inputs": what a JAX forward
+pass leaves, used in place). Writes {"D=<d>": {name: {"seconds", "compile_seconds",
+"numpy_seconds", "speedup", "seconds_device_inputs", "speedup_device_inputs", ...}}} to
+--out and prints a table. With --scaling_n, also {"scaling": ...}: the time of a few
+models against N for the O(N^2) and iterative estimators (logme as a reference).
 """
 
 import json
@@ -36,6 +41,7 @@ import scipy.linalg  # noqa: E402
 import scipy.optimize  # noqa: E402
 import scipy.special  # noqa: E402
 import scipy.stats  # noqa: E402
+import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from fennec_jax import estimators  # noqa: E402
@@ -52,6 +58,14 @@ _NUMPY_MODELS = flags.DEFINE_integer("numpy_models", None, "Time the NumPy loop 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "score_models batch_size (models "
                                    "mapped per vmapped chunk; bounds memory).")
 _OUT = flags.DEFINE_string("out", "bench/estimators.json", "Output JSON.")
+_SCALING_N = flags.DEFINE_list("scaling_n", [], "Also time --scaling_estimators at these "
+                               "sample counts N (D = --scaling_dim, --scaling_models "
+                               "models) and write a 'scaling' section.")
+_SCALING_ESTIMATORS = flags.DEFINE_list(
+    "scaling_estimators", ["logme", "parc", "nleep", "pactran_gauss", "pactran_dir"],
+    "Estimators timed against N (logme: a linear-in-N reference).")
+_SCALING_DIM = flags.DEFINE_integer("scaling_dim", 256, "Feature width D for --scaling_n.")
+_SCALING_MODELS = flags.DEFINE_integer("scaling_models", 4, "Models M for --scaling_n.")
 
 
 # ------------------------------------------------------------ NumPy/SciPy baselines
@@ -446,12 +460,18 @@ def _best_time(fn, repeats):
     return min(times), result
 
 
-def bench_one(name, features_list, labels, probs_list, repeats, numpy_models, batch_size):
+def bench_one(name, features_list, labels, probs_list, device_inputs, repeats,
+              numpy_models, batch_size):
+    """Times of ``score_models`` on the float32 NumPy inputs (copied into JAX's memory on
+    every call), on the same inputs already held by JAX (``device_inputs``: what a JAX
+    forward pass leaves; no copy), and of the NumPy baseline loop."""
     estimator = estimators.get(name)
     inputs = probs_list if estimator.needs_probs else features_list
     options = {} if batch_size is None else {"batch_size": batch_size}
     run_jax = lambda: estimators.score_models(name, features_list, labels, probs_list,
                                               **options)
+    run_device = lambda: estimators.score_models(name, *device_inputs[:1], labels,
+                                                 device_inputs[1], **options)
     baseline = BASELINES[name]
     timed = inputs[:numpy_models]
     run_numpy = lambda: np.array([baseline(np.asarray(x, np.float64), labels)
@@ -459,12 +479,14 @@ def bench_one(name, features_list, labels, probs_list, repeats, numpy_models, ba
     start = time.perf_counter()
     scores = run_jax()
     warm_up = time.perf_counter() - start
-    jax_times, numpy_times = [], []
-    for _ in range(repeats):  # interleaved, so both see the same machine load
+    run_device()
+    jax_times, device_times, numpy_times = [], [], []
+    for _ in range(repeats):  # interleaved, so all see the same machine load
         jax_times.append(_best_time(run_jax, 1)[0])
+        device_times.append(_best_time(run_device, 1)[0])
         seconds, numpy_values = _best_time(run_numpy, 1)
         numpy_times.append(seconds)
-    seconds = min(jax_times)
+    seconds, device_seconds = min(jax_times), min(device_times)
     numpy_seconds = min(numpy_times) * len(inputs) / len(timed)
     if name in COMBINE and len(timed) == len(inputs):
         numpy_values = COMBINE[name](numpy_values)
@@ -472,7 +494,37 @@ def bench_one(name, features_list, labels, probs_list, repeats, numpy_models, ba
              if len(timed) == len(inputs) or name not in COMBINE else None)
     return {"seconds": seconds, "compile_seconds": max(warm_up - seconds, 0.0),
             "numpy_seconds": numpy_seconds, "speedup": numpy_seconds / seconds,
+            "seconds_device_inputs": device_seconds,
+            "speedup_device_inputs": numpy_seconds / device_seconds,
             "numpy_models_timed": len(timed), "max_abs_diff_vs_numpy": agree}
+
+
+def write(results):
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    with open(_OUT.value, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+def bench_scaling(names, sample_counts, num_models, dim, repeats):
+    """``{name: {"N=<n>": seconds}}``: best steady ``score_models`` time of ``num_models``
+    models at each N (after a warm-up call that compiles), plus the log-log slope between
+    the smallest and largest N (time ~ N^slope)."""
+    timings = {name: {} for name in names}
+    for n in sample_counts:
+        features_list, labels, probs_list = synthetic_task(
+            num_models, n, dim, _CLASSES.value, _SOURCE_CLASSES.value)
+        for name in names:
+            run = lambda: estimators.score_models(name, features_list, labels, probs_list)
+            run()
+            timings[name][f"N={n}"] = _best_time(run, repeats)[0]
+            print(f"{name:>14} N={n:<6} {timings[name][f'N={n}']:9.3f} s  "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    low, high = min(sample_counts), max(sample_counts)
+    for name in names:
+        times = timings[name]
+        times["slope"] = float(np.log(times[f"N={high}"] / times[f"N={low}"])
+                               / np.log(high / low))
+    return timings
 
 
 def main(argv):
@@ -490,16 +542,19 @@ def main(argv):
     for dim in (int(d) for d in _DIMS.value):
         features_list, labels, probs_list = synthetic_task(
             _MODELS.value, _N.value, dim, _CLASSES.value, _SOURCE_CLASSES.value)
+        device_inputs = (jax.device_put(features_list), jax.device_put(probs_list))
         key = f"D={dim}"
         results.setdefault(key, {})
         print(f"\nM={_MODELS.value} models, N={_N.value}, D={dim}, C={_CLASSES.value}, "
               f"Cs={_SOURCE_CLASSES.value}")
         print(f"{'estimator':>14} {'jax s':>9} {'compile s':>9} {'numpy s':>9} "
-              f"{'speedup':>8}  max|diff|")
+              f"{'speedup':>8} {'on-device s':>11} {'speedup':>8}  max|diff|")
         for name in names:
-            row = bench_one(name, features_list, labels, probs_list, _REPEATS.value,
-                            numpy_models, _BATCH_SIZE.value)
-            row.update(load_average=os.getloadavg()[0], repeats=_REPEATS.value,
+            row = bench_one(name, features_list, labels, probs_list, device_inputs,
+                            _REPEATS.value, numpy_models, _BATCH_SIZE.value)
+            row.update(models=_MODELS.value, n=_N.value, classes=_CLASSES.value,
+                       source_classes=_SOURCE_CLASSES.value,
+                       load_average=os.getloadavg()[0], repeats=_REPEATS.value,
                        batch_size=_BATCH_SIZE.value, xla_flags=os.environ.get("XLA_FLAGS"),
                        openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"))
             results[key][name] = row
@@ -507,11 +562,25 @@ def main(argv):
             scaled = "" if row["numpy_models_timed"] == _MODELS.value else \
                 f"  (numpy timed on {row['numpy_models_timed']} models, scaled)"
             print(f"{name:>14} {row['seconds']:9.3f} {row['compile_seconds']:9.2f} "
-                  f"{row['numpy_seconds']:9.3f} {row['speedup']:7.1f}x  "
+                  f"{row['numpy_seconds']:9.3f} {row['speedup']:7.1f}x "
+                  f"{row['seconds_device_inputs']:11.3f} "
+                  f"{row['speedup_device_inputs']:7.1f}x  "
                   f"{'-' if diff is None else f'{diff:.1e}'}{scaled}", flush=True)
-            os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-            with open(_OUT.value, "w") as f:
-                json.dump(results, f, indent=1)
+            write(results)
+    if _SCALING_N.value:
+        sample_counts = [int(n) for n in _SCALING_N.value]
+        print(f"\nscaling with N: M={_SCALING_MODELS.value}, D={_SCALING_DIM.value}, "
+              f"C={_CLASSES.value}, Cs={_SOURCE_CLASSES.value}")
+        results["scaling"] = {
+            "models": _SCALING_MODELS.value, "dim": _SCALING_DIM.value,
+            "classes": _CLASSES.value, "source_classes": _SOURCE_CLASSES.value,
+            "repeats": _REPEATS.value, "load_average": os.getloadavg()[0],
+            "xla_flags": os.environ.get("XLA_FLAGS"),
+            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "seconds": bench_scaling(_SCALING_ESTIMATORS.value, sample_counts,
+                                     _SCALING_MODELS.value, _SCALING_DIM.value,
+                                     _REPEATS.value)}
+        write(results)
     print(f"\nwrote {_OUT.value}")
 
 

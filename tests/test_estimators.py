@@ -152,6 +152,38 @@ def test_score_models_three_widths_equal_single_scores():
         np.testing.assert_allclose(batched, single, rtol=1e-6, err_msg=name)
 
 
+def test_stacked_numpy_and_jax_inputs_equal_list_input():
+    """A 3-D NumPy array (unaligned: staged by a copy) or JAX array (used in place) of
+    equally wide models scores as the list of its models."""
+    features, labels, probs = (a.astype(np.float32) if a.dtype.kind == "f" else a
+                               for a in _toy())
+    features_list = [features, features[::-1] * 0.5]
+    probs_list = [probs, probs[::-1]]
+    for name in ("logme", "leep", "nce", "gbc"):
+        expected = estimators.score_models(name, features_list, labels, probs_list)
+        for stacked in (np.stack, jnp.asarray):
+            got = estimators.score_models(name, stacked(np.stack(features_list)), labels,
+                                          stacked(np.stack(probs_list)))
+            np.testing.assert_allclose(got, expected, rtol=1e-12, err_msg=name)
+
+
+def test_nce_ties_take_the_first_source_class():
+    """Rows with tied maxima (here uniform rows) count for their first maximal class, as
+    ``argmax`` does."""
+    labels = np.arange(12) % 3
+    probs = np.full((12, 4), 0.25)
+    probs[:6] = np.eye(4)[labels[:6] + 1]
+    z = probs.argmax(1)
+    joint = np.zeros((3, 4))
+    np.add.at(joint, (labels, z), 1 / 12)
+    p_z = joint.sum(0)
+    conditional = joint[:, p_z > 0] / p_z[p_z > 0] + 1e-20
+    expected = -np.sum(p_z[p_z > 0] * -np.sum(conditional * np.log(conditional), 0))
+    for dtype in (np.float64, np.float32):
+        np.testing.assert_allclose(estimators.nce(None, labels, probs.astype(dtype)),
+                                   expected, rtol=1e-12)
+
+
 def test_registry():
     names = estimators.method_names()
     assert names == ["logme", "leep", "nce", "hscore", "hscore_reg", "nleep", "transrate",
@@ -244,7 +276,8 @@ def test_wide_singleton_constant_column(toy_scores):
 def test_float32_input_matches_float64(toy_scores):
     scores64, scores32 = toy_scores
     for name in scores64:
-        # Inputs are rounded to float32, then everything runs in float64.
+        # Inputs are rounded to float32, then everything runs in float64 (LEEP's two
+        # products over all N x Cs entries run in float32: relative error about 1e-6).
         np.testing.assert_allclose(scores32[name], scores64[name], rtol=1e-4, atol=1e-6,
                                    err_msg=name)
 
@@ -337,6 +370,10 @@ def test_non_finite_and_malformed_inputs_name_the_argument():
         estimators.score("leep", features, labels, bad_probs)
     with pytest.raises(ValueError, match="probs rows must be probability vectors"):
         estimators.score("nce", features, labels, np.log(probs))
+    signed = probs.copy()
+    signed[0, :2] = [1.5, -0.5 - signed[0, 2:].sum()]  # sums to 1, one negative entry
+    with pytest.raises(ValueError, match="probs rows must be probability vectors"):
+        estimators.score("leep", features, labels, signed.astype(np.float32))
     with pytest.raises(ValueError, match="features must be a 2-D array"):
         estimators.score("gbc", features[:, 0], labels)
     with pytest.raises(ValueError, match=r"features_list\[1\] has 11 samples"):

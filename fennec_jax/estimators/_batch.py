@@ -18,13 +18,18 @@ import numpy as np
 
 from fennec_jax.estimators import _common
 
+# XLA:CPU uses a host array in place (no copy) when its data is aligned to this.
+_ALIGNMENT = 64
+
 
 class Model(NamedTuple):
     """One model's inputs to a core (fields the estimator does not use are None).
 
-    features: ``[N, W]`` float64, zero-padded beyond ``dim``.
+    features: ``[N, W]`` float64 (inside a core; see :func:`keeps_input_dtype`),
+      zero-padded beyond ``dim``.
     dim: ``[]`` int32, the true feature width.
-    probs: ``[N, Cs]`` float64 source-head probabilities.
+    probs: ``[N, Cs]`` source-head probabilities in the caller's dtype (float32 or
+      float64): cores cast them where they compute.
     """
 
     features: jax.Array | None
@@ -40,23 +45,49 @@ def padded_width(dim, num_samples):
     return min(width, num_samples) if dim <= num_samples else width
 
 
+def keeps_input_dtype(core):
+    """Mark ``core`` as taking float32 features as they are (it casts to float64 where it
+    needs to) rather than cast to float64 first: for cores that only sum over samples,
+    a float64 copy of ``features`` would cost more than the rest of the work."""
+    core.keeps_input_dtype = True
+    return core
+
+
+def _features_dtype(core, dtype):
+    keep = getattr(core, "keeps_input_dtype", False) and dtype in (jnp.float32, jnp.float64)
+    return dtype if keep else jnp.float64
+
+
+def sequential_by_default():
+    """Whether ``batch_size=None`` maps the core over models one at a time (a compiled
+    loop) rather than vmapping all of them: on CPU, where XLA runs a batched matrix product
+    or decomposition no faster than a loop over its members (and a vmapped product whose
+    other operand is shared, such as the one-hot labels, several times slower), while a
+    loop keeps one model's working set in cache."""
+    return jax.default_backend() == "cpu"
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled(core, options, batch_size):
     """Jitted ``(stacked Model, Task) -> (outputs[M, ...], value checks[M, 3])`` for
     ``core`` with static ``options`` (a sorted tuple of items). Inputs arrive in their own
-    dtype and are cast to float64 here, so the host makes no float64 copies."""
+    dtype (the host makes no float64 copies)."""
     bound = functools.partial(core, **dict(options))
 
     def one_model(model, task):
-        model = Model(*(None if a is None else a.astype(jnp.float64) if a.ndim else a
-                        for a in model))
-        return bound(model, task), _common.value_checks(model.features, model.probs)
+        checks = _common.value_checks(model.features, model.probs)
+        # Features go to float64 here (unless the core keeps float32); probs stay in their
+        # dtype for the cores to cast where they accumulate (NCE needs only their argmax).
+        if model.features is not None:
+            dtype = _features_dtype(core, model.features.dtype)
+            model = model._replace(features=model.features.astype(dtype))
+        return bound(model, task), checks
 
     def over_models(models, task):
-        if batch_size is None:
+        if batch_size is None and not sequential_by_default():
             return jax.vmap(one_model, in_axes=(0, None))(models, task)
         return jax.lax.map(lambda model: one_model(model, task), models,
-                           batch_size=batch_size)
+                           batch_size=None if batch_size in (None, 1) else batch_size)
 
     return jax.jit(over_models)
 
@@ -66,13 +97,20 @@ def _names(name, count):
     return (lambda m: name) if count == 1 else (lambda m: f"{name}_list[{m}]")
 
 
+def _as_models(arrays):
+    """A 3-D array (NumPy, or JAX: viewed in place) as one NumPy array; others as given."""
+    return np.asarray(arrays) if getattr(arrays, "ndim", None) == 3 else arrays
+
+
 def check_models(name, features_list, labels, probs_list, num_classes, uses):
     """Shape-checked inputs: ``(features_list or None, labels[N], C, probs_list or None)``.
 
     ``uses`` names the inputs the estimator reads ("features", "probs"); the others may be
     None and are not checked. Errors name the argument and the model index. A 3-D array
-    may stand for a list of equally wide models (it is then not copied)."""
+    (NumPy or JAX) may stand for a list of equally wide models (it is then not copied when
+    it is 64-byte aligned, as JAX's own arrays are)."""
     num_samples = None
+    features_list, probs_list = _as_models(features_list), _as_models(probs_list)
     if "features" in uses:
         if features_list is None or len(features_list) == 0:
             raise ValueError(f"{name} needs features for every model (features_list is "
@@ -125,14 +163,24 @@ def groups(features_list, probs_list):
     return grouped
 
 
+def _aligned_zeros(shape, dtype):
+    """A zero NumPy array aligned to 64 bytes, which XLA:CPU takes without a copy."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = np.zeros(nbytes + _ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % _ALIGNMENT
+    return buffer[start: start + nbytes].view(dtype).reshape(shape)
+
+
 def _stack(arrays, members, width):
     """``arrays[members]`` as one ``[len(members), N, width]`` array, zero-padded, in the
-    inputs' own dtype: the 3-D input itself when it already is that, else one copy."""
+    inputs' own dtype and 64-byte aligned: the 3-D input itself when it already is that,
+    else one copy (cheaper than the one XLA makes of an unaligned array)."""
     if (isinstance(arrays, np.ndarray) and arrays.ndim == 3 and arrays.shape[2] == width
-            and list(members) == list(range(arrays.shape[0]))):
+            and list(members) == list(range(arrays.shape[0]))
+            and arrays.ctypes.data % _ALIGNMENT == 0 and arrays.flags.c_contiguous):
         return arrays
     dtype = np.result_type(np.float32, *(arrays[m].dtype for m in members))
-    out = np.zeros((len(members), arrays[members[0]].shape[0], width), dtype)
+    out = _aligned_zeros((len(members), arrays[members[0]].shape[0], width), dtype)
     for i, m in enumerate(members):
         out[i, :, : arrays[m].shape[1]] = arrays[m]
     return out

@@ -8,7 +8,8 @@ program keeps its own precision setting. Cores see
   model's true width ``dim <= W``
   (so many models of different widths can be stacked and vmapped);
 - a :class:`Task` (labels as one-hot columns plus a per-class gather index);
-- ``probs[N, Cs]`` float64 source-head probabilities, for the estimators that use them.
+- ``probs[N, Cs]`` source-head probabilities in the caller's dtype, for the estimators
+  that use them (they cast to float64 where they accumulate).
 
 Classes are ``0 .. num_classes - 1``; a class with no sample is ignored by every estimator
 (as if it were not in the label space), so passing a larger ``num_classes`` never changes a
@@ -97,14 +98,22 @@ def check_probs(probs, num_samples, name="probs"):
 
 def value_checks(features, probs):
     """In-jit value checks of one model: ``[features finite, probs finite, probs are
-    probability rows]`` (True when fine or absent). Fused into the estimator's computation,
-    they cost a pass over data it reads anyway, not a host-side copy."""
-    ok_features = jnp.all(jnp.isfinite(features)) if features is not None else True
+    probability rows]`` (True when fine or absent), as few passes over the data as
+    possible: a sum of ``x * 0`` is NaN exactly when ``x`` has a NaN or an infinity, and
+    float32 probs are finite exactly when their float64 row sums are (which cannot
+    overflow), so they take two passes (row sums, minimum)."""
+    def finite(x):
+        return jnp.isfinite(jnp.sum(x * 0))
+
+    ok_features = finite(features) if features is not None else jnp.array(True)
     if probs is None:
-        return jnp.array([ok_features, True, True])
-    finite = jnp.all(jnp.isfinite(probs))
-    rows = jnp.all(probs >= 0) & jnp.all(jnp.abs(probs.sum(1) - 1) <= _PROBS_SUM_ATOL)
-    return jnp.array([ok_features, finite, rows])
+        return jnp.stack([ok_features, True, True])
+    row_sums = probs.sum(1, dtype=jnp.float64)
+    narrow = jnp.finfo(probs.dtype).bits < 64 if jnp.issubdtype(probs.dtype, jnp.floating) \
+        else True
+    ok_probs = jnp.isfinite(row_sums).all() if narrow else finite(probs)
+    rows = (probs.min() >= 0) & (jnp.abs(row_sums - 1).max() <= _PROBS_SUM_ATOL)
+    return jnp.stack([ok_features, ok_probs, rows])
 
 
 def value_errors(checks, features_name, probs_name):

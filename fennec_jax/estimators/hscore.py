@@ -35,7 +35,7 @@ def ledoit_wolf_shrinkage(x, dim):
     mu = variances.sum() / dim
     # sum_jk (X²ᵀX²)_jk = sum_i |x_i|⁴;  sum_jk (XᵀX)²_jk = |X Xᵀ|²_F (smaller side).
     beta_ = jnp.sum(x2.sum(1) ** 2)
-    gram = x @ x.T if n <= x.shape[1] else x.T @ x
+    gram = _linalg.gram(x)
     delta_ = jnp.sum(gram * gram) / n ** 2
     beta = (beta_ / n - delta_) / (dim * n)
     delta = (delta_ - 2.0 * mu * variances.sum() + dim * mu ** 2) / dim

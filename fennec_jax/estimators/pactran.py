@@ -130,7 +130,7 @@ def pactran_gauss_core(model, task):
 
 def pactran_dir_core(model, task):
     """Negative PACTran-Dirichlet bound of one model; see :func:`pactran_dir`."""
-    probs, onehot = model.probs, task.onehot
+    probs, onehot = model.probs.astype(jnp.float64), task.onehot
     present = onehot.sum(0) > 0
     counts = onehot.sum(0)[:, None]  # [C, 1]
     prior = _DIRICHLET_ALPHA * counts / counts.sum() + _LOG_EPSILON  # a0

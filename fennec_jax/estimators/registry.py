@@ -137,6 +137,8 @@ def score_models(name, features_list, labels, probs_list=None, **options):
     masked); ``labels[N]`` shared; ``probs_list``: M arrays ``[N, Cs_m]`` for estimators
     that need them. Models of similar width are scored in one vmapped call; candidate-set
     estimators (ncti, etran) are normalised over these M models. ``options`` as in
-    :func:`score`, plus ``batch_size`` to map over models in chunks (bounds memory).
+    :func:`score`, plus ``batch_size``: models mapped together per step (default: all at
+    once on accelerators, one at a time in a compiled loop on CPU, where that is faster;
+    a 3-D ``jax.Array`` of equally wide models is used without a copy).
     """
     return get(name).models(features_list, labels, probs_list, **options)
