@@ -7,12 +7,12 @@ Public API (details in each module's docstring):
 - bundled benchmarks: :func:`load_benchmark`, :func:`benchmark_names`, :func:`as_benchmark`.
 - methods: :class:`TaskEvidence`, :func:`get_method`, :func:`method_names`, :func:`register`.
 - evaluation: :func:`leave_one_task_out`; ranking: :func:`rank_tasks`, :func:`run_rank_job`.
-- modules: ``metrics``, ``baselines``.
+- modules: ``metrics``, ``baselines``, ``spider`` (Model Spider, method ``spider``).
 """
 
 __version__ = "0.1.0"
 
-from fennec_jax import baselines, metrics
+from fennec_jax import baselines, metrics, spider
 from fennec_jax.benchmarks import as_benchmark, benchmark_names, load_benchmark
 from fennec_jax.data import (
     Benchmark,
@@ -49,4 +49,5 @@ __all__ = [
     "run_rank_job",
     "records_from_matrix",
     "register",
+    "spider",
 ]
