@@ -2,7 +2,7 @@
 # fennec_jax entry point. On a fresh machine:
 #   ./run.sh rank_all     # set up .venv if missing, rank every model for every bundled task
 #   ./run.sh test         # set up .venv if missing, run the test suite
-# Other subcommands: setup, evaluate, estimate, bench. Extra arguments are passed to the
+# Other subcommands: setup, evaluate, estimate, evaluate_archs, cold_start, build_benchmark, bench. Extra arguments are passed to the
 # program as absl flags, e.g. ./run.sh evaluate --benchmark=parc_controlled --methods=popularity
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,7 +43,7 @@ cmd="${1:-help}"
 shift || true
 case "$cmd" in
   setup) setup ;;
-  rank_all|evaluate|estimate|evaluate_archs|build_benchmark)
+  rank_all|evaluate|estimate|evaluate_archs|cold_start|build_benchmark)
     setup
     exec "$VENV/bin/python" "experiments/$cmd.py" "$@" ;;
   bench)
@@ -64,5 +64,5 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@" ;;
   help|-h|--help)
     sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) echo "run.sh: unknown subcommand '$cmd' (setup, rank_all, evaluate, estimate, bench, test)" >&2; exit 2 ;;
+  *) echo "run.sh: unknown subcommand '$cmd' (setup, rank_all, evaluate, estimate, evaluate_archs, cold_start, build_benchmark, bench, test)" >&2; exit 2 ;;
 esac

@@ -41,6 +41,8 @@ _PRETRAIN_EPOCHS = flags.DEFINE_float("pretrain_epochs", archi2vec.Archi2VecConf
                                       "archi2vec_ssl self-supervised epochs over all graphs.")
 _ENSEMBLE = flags.DEFINE_integer("ensemble", archi2vec.Archi2VecConfig.ensemble, "archi2vec ensemble members.",
                                  lower_bound=1)
+_SSL = flags.DEFINE_enum("ssl", archi2vec.Archi2VecConfig.ssl_objective, list(archi2vec.SSL_OBJECTIVES),
+                         "archi2vec_ssl's self-supervised objective.")
 _OUT = flags.DEFINE_string("out", "runs/evaluate_archs", "Output folder.")
 
 
@@ -87,7 +89,7 @@ def main(argv):
                  len(zoo))
 
     config = archi2vec.Archi2VecConfig(epochs=_EPOCHS.value, pretrain_epochs=_PRETRAIN_EPOCHS.value,
-                                       ensemble=_ENSEMBLE.value)
+                                       ensemble=_ENSEMBLE.value, ssl_objective=_SSL.value)
     methods, pretrain_seconds = {}, None
     for method in _METHODS.value:
         if method == "archi2vec":

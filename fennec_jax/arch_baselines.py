@@ -37,6 +37,7 @@ import numpy as np
 import scipy.stats
 
 from fennec_jax import metrics
+from fennec_jax.data import Records, standardize
 from fennec_jax.graphs import ATTRS, OPS, ArchGraph
 
 __all__ = [
@@ -54,6 +55,11 @@ __all__ = [
     "align_graphs",
     "evaluate_cold_start",
     "report_markdown",
+    "hide_models",
+    "model_folds",
+    "family_popularity",
+    "evaluate_models_out",
+    "models_out_markdown",
 ]
 
 # Penalties tried by `fit_ridge`, relative to the mean squared nonzero singular value of
@@ -486,4 +492,113 @@ def report_markdown(report: dict) -> str:
         cells = [f"{report['results'][name][n]['per_task'][task]['kendall']:.3f}"
                  for name in report["results"] for n in sizes]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- models without records
+
+
+def hide_models(records: Records, hidden: np.ndarray) -> Records:
+    """``records`` with every cell of the models ``hidden`` (indices) unobserved; the
+    models stay (names, metadata), so a method can still place them from side information."""
+    mask, scores, counts = records.mask.copy(), records.scores.copy(), records.counts.copy()
+    mask[:, hidden], scores[:, hidden], counts[:, hidden] = False, np.nan, 0
+    return dataclasses.replace(records, scores=scores, mask=mask, counts=counts)
+
+
+def model_folds(num_models: int, num_folds: int, seed: int, groups: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Index arrays partitioning range(num_models): ``num_folds`` random folds of near-equal
+    size, or with ``groups[M]`` one fold per distinct group (e.g. per architecture family)."""
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (num_models,):
+            raise ValueError(f"groups: expected {num_models} labels, got shape {groups.shape}")
+        return [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
+    if not 2 <= num_folds <= num_models:
+        raise ValueError(f"num_folds: expected 2..{num_models}, got {num_folds}")
+    order = np.random.default_rng(seed).permutation(num_models)
+    return [np.sort(fold) for fold in np.array_split(order, num_folds)]
+
+
+def family_popularity(history: Records, family: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
+    """``pred[T, M]``: each model's score on each task predicted as the mean z-score
+    (`data.standardize`) of the observed models of its family on that task; for a family
+    with no observed model, the family whose mean graph embedding (``embeddings[M, E]``) is
+    nearest (Euclidean), or without embeddings the mean over all observed models."""
+    family = np.asarray(family)
+    if family.shape != (history.num_models,):
+        raise ValueError(f"family: expected {history.num_models} labels, got shape {family.shape}")
+    z = np.where(history.mask, standardize(history.scores, history.mask), 0.0)
+    seen = history.mask.any(0)
+    names = list(dict.fromkeys(family.tolist()))
+    means, centres = {}, {}
+    for name in names:
+        members = (family == name) & seen
+        if members.any():
+            means[name] = z[:, members].sum(1) / np.maximum(history.mask[:, members].sum(1), 1)
+            if embeddings is not None:
+                centres[name] = np.asarray(embeddings)[members].mean(0)
+    overall = z.sum(1) / np.maximum(history.mask.sum(1), 1)
+    pred = np.zeros(history.scores.shape)
+    for m, name in enumerate(family):
+        if name not in means and centres:
+            name = min(centres, key=lambda f: np.linalg.norm(centres[f] - np.asarray(embeddings)[m]))
+        pred[:, m] = means.get(name, overall)
+    return pred
+
+
+def evaluate_models_out(
+    records: Records,
+    predictors: Mapping[str, Callable[[Records], np.ndarray]],
+    folds: Sequence[np.ndarray],
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Cold-start models: for each fold, every cell of its models is hidden (`hide_models`)
+    and each predictor, given that history, predicts ``pred[T, M]``; the fold's columns are
+    kept. Scores each predictor's assembled predictions against the records, per task over
+    the models observed on it: Kendall tau-b and weighted tau (`metrics`).
+
+    Returns:
+      ``{"results": {name: {"mean": {"kendall", "weighted_tau"}, "per_task": {task:
+      {"kendall", "weighted_tau"}}, "seconds": float}}, "num_models", "tasks", "folds"}``
+      (means over tasks with at least 2 observed models).
+    """
+    if not folds or np.sort(np.concatenate(folds)).tolist() != list(range(records.num_models)):
+        raise ValueError(f"folds: expected a partition of the {records.num_models} models")
+    results = {}
+    for name, predictor in predictors.items():
+        pred, seconds = np.zeros(records.scores.shape), 0.0
+        for i, fold in enumerate(folds):
+            start = time.perf_counter()
+            fold_pred = np.asarray(predictor(hide_models(records, fold)), np.float64)
+            seconds += time.perf_counter() - start
+            if fold_pred.shape != pred.shape or not np.isfinite(fold_pred[:, fold]).all():
+                raise ValueError(f"predictor {name!r}: expected finite predictions of shape {pred.shape}")
+            pred[:, fold] = fold_pred[:, fold]
+            if progress is not None:
+                progress(f"{name} fold {i}")
+        true = np.where(records.mask, records.scores, 0.0)
+        kendall = np.asarray(metrics.kendall_tau(true, pred, records.mask), np.float64)
+        weighted = np.asarray(metrics.weighted_tau(true, pred, records.mask), np.float64)
+        scored = records.mask.sum(1) >= 2
+        results[name] = {
+            "mean": {"kendall": float(kendall[scored].mean()), "weighted_tau": float(weighted[scored].mean())},
+            "per_task": {task: {"kendall": float(kendall[t]), "weighted_tau": float(weighted[t])}
+                         for t, task in enumerate(records.tasks) if scored[t]},
+            "seconds": seconds,
+        }
+    return {"results": results, "num_models": records.num_models, "tasks": list(records.tasks),
+            "folds": [fold.tolist() for fold in folds]}
+
+
+def models_out_markdown(report: dict) -> str:
+    """Markdown table of an `evaluate_models_out` report: per predictor, the mean over tasks
+    of Kendall tau-b and weighted tau, and its fit + predict seconds."""
+    lines = [
+        "| predictor | Kendall tau | weighted tau | seconds |",
+        "|---|---|---|---|",
+    ]
+    for name, row in report["results"].items():
+        lines.append(f"| {name} | {row['mean']['kendall']:.3f} | {row['mean']['weighted_tau']:.3f} | "
+                     f"{row['seconds']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@ The encoder (`GraphEncoder`, Flax + jraph) maps a padded batch of architecture g
 (`graphs.to_graphs_tuple`) and an optional per-graph metadata vector ``meta[G, K]`` (for
 example the log parameter count) to embeddings ``emb[G, embed_dim]`` per network:
 
-1. node features (op one-hot, log attributes, attribute mask) -> ``hidden`` wide states;
+1. node features (op one-hot, log attributes, attribute mask; with ``degree_features`` also
+   the log of each node's dataflow in- and out-degree) -> ``hidden`` wide states;
 2. ``rounds`` rounds of message passing (`jraph.GraphNetwork`): each edge's message is an
    MLP of its direction feature (dataflow ``[1, 0]`` or reverse ``[0, 1]``) and the states
    of its two ends, messages are summed at the receiving node, and the node's state is
@@ -21,28 +22,35 @@ few architectures have records), AdamW with clipped gradients and a cosine learn
 rate, minibatches of ``batch_size`` graphs padded to fixed buckets (one compiled step per
 bucket shape), deterministic for a seed.
 
-* `pretrain`: self-supervised, for zoos without records. From its embedding, every
-  graph predicts the Weisfeiler-Lehman subtree labels of its own nodes: for each
-  iteration 0..``wl_iterations``, the distribution of its nodes' labels
-  (`arch_baselines.wl_node_labels`, hashed to ``wl_vocab`` classes; KL divergence),
-  so the embedding learns the zoo's op mix and local structures.
+* `pretrain`: self-supervised, for zoos without records (``config.ssl_objective``):
+  ``"wl"``: from its embedding, every graph predicts the Weisfeiler-Lehman subtree labels
+  of its own nodes: for each iteration 0..``wl_iterations``, the distribution of its
+  nodes' labels (`arch_baselines.wl_node_labels`, hashed to ``wl_vocab`` classes; KL
+  divergence), so the embedding learns the zoo's op mix and local structures;
+  ``"contrastive"``: two random views of each graph of a minibatch (`augment`:
+  node-attribute masking, edge dropping, op substitution, each at ``augment_rate``) must
+  find each other among the batch's views (NT-Xent on a projection of the embedding,
+  ``temperature``).
 * `fit_supervised`: regression of any per-model targets ``[M, D]`` (masked squared
-  error), e.g. transfer-space model vectors; `fit_cold_start`: regression of per-task
-  normal scores of task scores ``[T, M]`` (`arch_baselines.normal_scores`). Both can
-  start from a pretrained encoder.
+  error plus ``rank_weight`` x a pairwise logistic ranking loss over the minibatch's
+  graphs, per output), e.g. transfer-space model vectors; `fit_cold_start`: the same on
+  per-task normal scores of task scores ``[T, M]`` (`arch_baselines.normal_scores`).
+  Both can start from a pretrained encoder.
 
 `predict` gives the scores of unseen architectures from their graphs alone; `embed`
 gives ``emb[G, ensemble * embed_dim]``; `fit_vector_map` fits a ridge map from
 embeddings to given vectors (``vecs ~ emb @ W + b``). `Archi2Vec` puts `fit_cold_start`
 (optionally from a pretrained encoder) in the cold-start method interface of
-`arch_baselines`.
+`arch_baselines`. `GraphFeatures` / `fennec_arch` put graph embeddings into the transfer
+space (`transfer_space.Fennec(model_features=...)`): a model's vector is a learned map of
+its embedding and metadata plus a residual for models with records.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -54,7 +62,8 @@ import optax
 from fennec_jax import arch_baselines
 from fennec_jax._jraph import jraph
 from fennec_jax.arch_baselines import RidgeMap
-from fennec_jax.graphs import ArchGraph, to_graphs_tuple
+from fennec_jax.graphs import OPS, ArchGraph, to_graphs_tuple
+from fennec_jax.transfer_space import Fennec
 
 __all__ = [
     "Archi2VecConfig",
@@ -69,7 +78,15 @@ __all__ = [
     "fit_vector_map",
     "RidgeMap",
     "Archi2Vec",
+    "augment",
+    "chunks",
+    "SSL_OBJECTIVES",
+    "GraphFeatures",
+    "fennec_arch",
 ]
+
+
+SSL_OBJECTIVES = ("wl", "contrastive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +109,12 @@ class Archi2VecConfig:
       wl_iterations: WL iterations whose label distributions each graph predicts in `pretrain`.
       wl_vocab: hashed WL label classes per iteration.
       max_batch_nodes: node budget per batch in `embed` / `predict`.
+      rank_weight: weight of the pairwise logistic ranking loss added to the squared error in
+        supervised training (0: squared error only).
+      degree_features: add log in/out-degrees to the node features.
+      ssl_objective: `pretrain`'s objective, ``"wl"`` or ``"contrastive"``.
+      augment_rate: per node / edge probability of each `augment` perturbation.
+      temperature: softmax temperature of the contrastive objective.
     """
 
     hidden: int = 64
@@ -108,6 +131,11 @@ class Archi2VecConfig:
     wl_iterations: int = 2
     wl_vocab: int = 256
     max_batch_nodes: int = 8192
+    rank_weight: float = 30.0
+    degree_features: bool = True
+    ssl_objective: str = "wl"
+    augment_rate: float = 0.2
+    temperature: float = 0.2
 
     def steps(self, num_graphs: int, epochs: float) -> int:
         """Optimiser steps for ``epochs`` passes over num_graphs graphs in minibatches."""
@@ -126,6 +154,11 @@ class Archi2VecConfig:
                 raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
         if self.hidden % self.heads:
             raise ValueError(f"heads: must divide hidden = {self.hidden}, got {self.heads}")
+        if self.ssl_objective not in SSL_OBJECTIVES:
+            raise ValueError(f"ssl_objective: expected one of {SSL_OBJECTIVES}, got {self.ssl_objective!r}")
+        if not (0 <= self.augment_rate < 1 and self.temperature > 0 and self.rank_weight >= 0):
+            raise ValueError(f"augment_rate in [0, 1), temperature > 0 and rank_weight >= 0 expected, got "
+                             f"{self.augment_rate}, {self.temperature}, {self.rank_weight}")
         if not (self.learning_rate > 0 and self.weight_decay >= 0):
             raise ValueError(f"learning_rate > 0 and weight_decay >= 0 expected, got "
                              f"{self.learning_rate}, {self.weight_decay}")
@@ -133,8 +166,12 @@ class Archi2VecConfig:
 
 # ----------------------------------------------------------------------------- network
 
+_ENDPOINT_OPS = np.array([OPS.index("input"), OPS.index("output")])
+_NEG_LARGE = -1e9  # stands for log(0) in the contrastive softmax: finite, so gradients stay finite
+
 # Config fields that shape the parameters (the rest only steer training / batching).
-_NETWORK_FIELDS = ("hidden", "embed_dim", "rounds", "heads", "meta_dim", "ensemble", "wl_iterations", "wl_vocab")
+_NETWORK_FIELDS = ("hidden", "embed_dim", "rounds", "heads", "meta_dim", "ensemble", "wl_iterations", "wl_vocab",
+                   "degree_features")
 
 
 class _MLP(nn.Module):
@@ -160,11 +197,15 @@ class GraphEncoder(nn.Module):
     rounds: int
     heads: int
     meta_dim: int
+    degree_features: bool = False
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, meta: jax.Array | None = None):
         num_nodes, num_graphs = graph.nodes.shape[0], graph.n_node.shape[0]
-        h = nn.LayerNorm()(nn.Dense(self.hidden)(graph.nodes))
+        nodes = graph.nodes
+        if self.degree_features:
+            nodes = jnp.concatenate([nodes, _log_degrees(graph)], -1)
+        h = nn.LayerNorm()(nn.Dense(self.hidden)(nodes))
         for r in range(self.rounds):
             message = _MLP(self.hidden, name=f"message_{r}")
             update = _MLP(self.hidden, name=f"update_{r}")
@@ -193,6 +234,15 @@ class GraphEncoder(nn.Module):
         return nn.Dense(self.embed_dim, name="embedding")(hidden)
 
 
+def _log_degrees(graph: jraph.GraphsTuple) -> jax.Array:
+    """[N, 2] log1p of each node's dataflow in-degree and out-degree (edge feature 0 marks
+    the forward copy of an edge)."""
+    forward, num_nodes = graph.edges[:, 0], graph.nodes.shape[0]
+    in_degree = jax.ops.segment_sum(forward, graph.receivers, num_nodes)
+    out_degree = jax.ops.segment_sum(forward, graph.senders, num_nodes)
+    return jnp.log1p(jnp.stack([in_degree, out_degree], -1))
+
+
 class _Network(nn.Module):
     """Encoder plus its two heads on the embedding: supervised outputs and WL label logits."""
 
@@ -201,15 +251,17 @@ class _Network(nn.Module):
 
     def setup(self):
         c = self.config
-        self.encoder = GraphEncoder(c.hidden, c.embed_dim, c.rounds, c.heads, c.meta_dim)
+        self.encoder = GraphEncoder(c.hidden, c.embed_dim, c.rounds, c.heads, c.meta_dim, c.degree_features)
         self.output_head = nn.Dense(max(self.num_outputs, 1))
         self.wl_head = nn.Dense((c.wl_iterations + 1) * c.wl_vocab)
+        self.projection = _MLP(c.embed_dim)
 
     def __call__(self, graph, meta):
-        """(outputs[G_pad, num_outputs], wl_logits[G_pad, wl_iterations + 1, wl_vocab], emb[G_pad, d])."""
+        """(outputs[G_pad, num_outputs], wl_logits[G_pad, wl_iterations + 1, wl_vocab], emb[G_pad, d],
+        projection[G_pad, d]) (the projection is what the contrastive objective compares)."""
         emb = self.encoder(graph, meta)
         wl = self.wl_head(emb).reshape(emb.shape[0], self.config.wl_iterations + 1, self.config.wl_vocab)
-        return self.output_head(emb)[:, : self.num_outputs], wl, emb
+        return self.output_head(emb)[:, : self.num_outputs], wl, emb, self.projection(emb)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +299,7 @@ def init_model(config: Archi2VecConfig, num_outputs: int = 0, seed: int = 0,
     keys = jax.random.split(jax.random.key(seed), config.ensemble)
     params = jax.vmap(lambda key: network.init(key, *example)["params"])(keys)
     if encoder is not None:
-        params = {**params, "encoder": encoder.params["encoder"], "wl_head": encoder.params["wl_head"]}
+        params = {**params, **{k: encoder.params[k] for k in ("encoder", "wl_head", "projection")}}
     return Archi2VecModel(config, num_outputs, params)
 
 
@@ -298,7 +350,7 @@ def _minibatches(num_graphs: int, batch_size: int, steps: int, rng: np.random.Ge
         order = order[size:]
 
 
-def _chunks(graphs: Sequence[ArchGraph], max_nodes: int, max_graphs: int = 1023) -> Iterator[np.ndarray]:
+def chunks(graphs: Sequence[ArchGraph], max_nodes: int, max_graphs: int = 1023) -> Iterator[np.ndarray]:
     """Consecutive index ranges of at most max_graphs graphs and (unless one graph alone
     exceeds it) max_nodes nodes."""
     start, nodes = 0, 0
@@ -326,18 +378,45 @@ def _cosine_learning_rates(peak: float, steps: int) -> np.ndarray:
 
 
 def _supervised_loss(params, network, batch, meta, targets, target_mask):
-    """Mean squared error over observed (graph, output) pairs of the batch."""
-    outputs, _, _ = network.apply({"params": params}, batch, meta)
+    """Mean squared error over observed (graph, output) pairs of the batch, plus
+    ``rank_weight`` x the pairwise logistic ranking loss (`_pairwise_loss`)."""
+    outputs, _, _, _ = network.apply({"params": params}, batch, meta)
     sq = jnp.where(target_mask, (outputs - targets) ** 2, 0.0)
-    return sq.sum() / jnp.maximum(target_mask.sum(), 1)
+    loss = sq.sum() / jnp.maximum(target_mask.sum(), 1)
+    if network.config.rank_weight:
+        loss = loss + network.config.rank_weight * _pairwise_loss(outputs, targets, target_mask)
+    return loss
+
+
+def _pairwise_loss(outputs, targets, mask):
+    """Mean over ordered pairs (i, j) of graphs observed on the same output with
+    targets[i, o] > targets[j, o] of softplus(outputs[j, o] - outputs[i, o])
+    (RankNet's loss; all arrays [G_pad, D])."""
+    better = (targets[:, None, :] > targets[None, :, :]) & mask[:, None, :] & mask[None, :, :]
+    margin = outputs[:, None, :] - outputs[None, :, :]
+    loss = jnp.where(better, jax.nn.softplus(-margin), 0.0)
+    return loss.sum() / jnp.maximum(better.sum(), 1)
 
 
 def _wl_loss(params, network, batch, meta, label_bags, graph_mask):
     """Mean KL divergence from each real graph's WL label distributions
     label_bags[G_pad, iterations + 1, vocab] to the predicted ones (0 when exact)."""
-    _, logits, _ = network.apply({"params": params}, batch, meta)
+    _, logits, _, _ = network.apply({"params": params}, batch, meta)
     kl = optax.losses.kl_divergence(jax.nn.log_softmax(logits), label_bags).mean(-1)
     return jnp.where(graph_mask, kl, 0.0).sum() / jnp.maximum(graph_mask.sum(), 1)
+
+
+def _contrastive_loss(params, network, batch, meta, partner, valid):
+    """NT-Xent (InfoNCE) over the batch's views: each real view's projection must pick its
+    partner view (``partner[G_pad]`` index) among all other real views of the batch, by
+    cosine similarity / ``config.temperature`` (``valid[G_pad]`` marks the real views)."""
+    _, _, _, projection = network.apply({"params": params}, batch, meta)
+    z = projection * jax.lax.rsqrt((projection**2).sum(-1, keepdims=True) + 1e-12)  # finite gradient at 0
+    similarity = z @ z.T / network.config.temperature
+    others = valid[None, :] & ~jnp.eye(len(valid), dtype=bool)
+    log_p = jax.nn.log_softmax(jnp.where(others, similarity, _NEG_LARGE), axis=-1)
+    picked = jnp.take_along_axis(log_p, jnp.maximum(partner, 0)[:, None], axis=-1)[:, 0]
+    return -jnp.where(valid, picked, 0.0).sum() / jnp.maximum(valid.sum(), 1)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "network", "optimizer"))
@@ -354,20 +433,27 @@ def _train_step(params, opt_state, learning_rate, batch, meta, targets, target_m
     return jax.vmap(member_step)(params, opt_state)
 
 
-def _train(model, graphs, meta, loss_fn, batch_targets, steps, seed) -> tuple[Archi2VecModel, np.ndarray]:
-    """Runs ``steps`` optimiser steps; batch_targets(index, info) -> (targets, mask) padded
-    to the batch. Returns the trained model and the loss[steps, ensemble] of every step."""
+def _train(model, num_graphs, loss_fn, make_batch, steps, seed) -> tuple[Archi2VecModel, np.ndarray]:
+    """Runs ``steps`` optimiser steps on minibatches of num_graphs graphs; make_batch(index,
+    rng) -> (graphs_tuple, meta or None, targets, mask) of graphs[index]. Returns the trained
+    model and the loss[steps, ensemble] of every step."""
     network, optimizer = model.network, _optimizer(model.config.weight_decay)
     params, opt_state = model.params, jax.vmap(optimizer.init)(model.params)
     rng, losses = np.random.default_rng(seed), []
     learning_rates = _cosine_learning_rates(model.config.learning_rate, steps)
-    for learning_rate, index in zip(learning_rates, _minibatches(len(graphs), model.config.batch_size, steps, rng)):
-        batch, batch_meta, info = _batch(graphs, index, meta)
-        targets, mask = batch_targets(index, info)
+    for learning_rate, index in zip(learning_rates, _minibatches(num_graphs, model.config.batch_size, steps, rng)):
+        batch, batch_meta, targets, mask = make_batch(index, rng)
         params, opt_state, loss = _train_step(params, opt_state, learning_rate, batch, batch_meta, targets, mask,
                                               loss_fn=loss_fn, network=network, optimizer=optimizer)
         losses.append(loss)
     return dataclasses.replace(model, params=params), np.asarray(losses, np.float64)
+
+
+def _pretrain_objective(graphs, meta, config):
+    """(loss_fn, make_batch) of ``config.ssl_objective``."""
+    if config.ssl_objective == "contrastive":
+        return _contrastive_loss, _contrastive_batches(graphs, meta, config)
+    return _wl_loss, _wl_batches(graphs, meta, config)
 
 
 def pretrain(
@@ -384,22 +470,63 @@ def pretrain(
     """
     arch_baselines.check_graphs(graphs)
     meta = _check_meta(meta, len(graphs), config)
+    loss_fn, make_batch = _pretrain_objective(graphs, meta, config)
+    model = init_model(config, 0, seed)
+    steps = config.steps(len(graphs), config.pretrain_epochs)
+    return _train(model, len(graphs), loss_fn, make_batch, steps, seed)
+
+
+def _wl_batches(graphs: Sequence[ArchGraph], meta: np.ndarray | None, config: Archi2VecConfig):
+    """make_batch for `_train`: the graphs and their WL label distributions
+    ``[G_pad, wl_iterations + 1, wl_vocab]`` (module docstring)."""
     labels, _ = arch_baselines.wl_node_labels(graphs, config.wl_iterations)
     labels = (labels % np.uint64(config.wl_vocab)).astype(np.int64)  # [N_all, iterations + 1]
     sizes = np.array([g.num_nodes for g in graphs])
     offsets = np.cumsum(sizes) - sizes
     levels = np.arange(config.wl_iterations + 1)
 
-    def batch_targets(index, info):
+    def make_batch(index, rng):
+        batch, batch_meta, info = _batch(graphs, index, meta)
         rows = np.concatenate([np.arange(offsets[i], offsets[i] + sizes[i]) for i in index])
         graph_of_row = np.repeat(np.arange(len(index)), sizes[index])
         bags = np.zeros((len(info.graph_mask), len(levels), config.wl_vocab), np.float32)
         np.add.at(bags, (graph_of_row[:, None], levels, labels[rows]), 1.0)
-        return bags / np.maximum(bags.sum(-1, keepdims=True), 1.0), info.graph_mask
+        return batch, batch_meta, bags / np.maximum(bags.sum(-1, keepdims=True), 1.0), info.graph_mask
 
-    model = init_model(config, 0, seed)
-    steps = config.steps(len(graphs), config.pretrain_epochs)
-    return _train(model, graphs, meta, _wl_loss, batch_targets, steps, seed)
+    return make_batch
+
+
+def _contrastive_batches(graphs: Sequence[ArchGraph], meta: np.ndarray | None, config: Archi2VecConfig):
+    """make_batch for `_train`: two `augment`ed views of each graph of the minibatch,
+    view i of graph b at rows b and B + b, each the other's partner."""
+    op_pool = np.unique(np.concatenate([g.ops for g in graphs]))
+
+    def make_batch(index, rng):
+        views = [augment(graphs[i], rng, config.augment_rate, op_pool) for _ in range(2) for i in index]
+        batch, info = to_graphs_tuple(views)
+        size, b = len(info.graph_mask), len(index)
+        batch_meta = None if meta is None else _pad_rows(np.concatenate([meta[index], meta[index]]), size)
+        partner = np.full(size, -1, np.int32)
+        partner[: 2 * b] = np.concatenate([np.arange(b, 2 * b), np.arange(b)])
+        return batch, batch_meta, partner, info.graph_mask
+
+    return make_batch
+
+
+def augment(graph: ArchGraph, rng: np.random.Generator, rate: float, op_pool: np.ndarray | None = None) -> ArchGraph:
+    """A random view of ``graph`` for the contrastive objective: each node's attributes are
+    masked (set missing), each edge dropped, and each node's op substituted by one drawn
+    from ``op_pool`` (op ids; default: all of `graphs.OPS`), independently with probability
+    ``rate`` (input and output nodes keep their op)."""
+    pool = np.arange(len(OPS)) if op_pool is None else np.asarray(op_pool)
+    n = graph.num_nodes
+    masked = rng.random(n) < rate
+    keep_edges = rng.random(graph.num_edges) >= rate
+    ops = graph.ops.copy()
+    swap = (rng.random(n) < rate) & ~np.isin(ops, _ENDPOINT_OPS)
+    ops[swap] = rng.choice(pool, swap.sum())
+    return ArchGraph(graph.name, ops, np.where(masked[:, None], 0.0, graph.attrs),
+                     graph.attr_mask & ~masked[:, None], graph.edges[keep_edges])
 
 
 def fit_supervised(
@@ -438,13 +565,14 @@ def fit_supervised(
     targets = np.where(mask, targets, 0.0)
     meta = _check_meta(meta, len(graphs), config)
 
-    def batch_targets(index, info):
+    def make_batch(index, rng):
+        batch, batch_meta, info = _batch(graphs, index, meta)
         size = len(info.graph_mask)
-        return _pad_rows(targets[index], size), _pad_rows(mask[index], size)
+        return batch, batch_meta, _pad_rows(targets[index], size), _pad_rows(mask[index], size)
 
     model = init_model(config, targets.shape[1], seed, init)
     steps = config.steps(len(graphs), config.epochs)
-    return _train(model, graphs, meta, _supervised_loss, batch_targets, steps, seed)
+    return _train(model, len(graphs), _supervised_loss, make_batch, steps, seed)
 
 
 def fit_cold_start(
@@ -469,7 +597,7 @@ def fit_cold_start(
 @functools.partial(jax.jit, static_argnames=("network",))
 def _forward(params, batch, meta, *, network):
     """(outputs[G_pad, D] averaged over members, emb[G_pad, members * d])."""
-    outputs, _, emb = jax.vmap(lambda p: network.apply({"params": p}, batch, meta))(params)
+    outputs, _, emb, _ = jax.vmap(lambda p: network.apply({"params": p}, batch, meta))(params)
     return outputs.mean(0), emb.transpose(1, 0, 2).reshape(emb.shape[1], -1)
 
 
@@ -478,7 +606,7 @@ def _forward_all(model: Archi2VecModel, graphs: Sequence[ArchGraph], meta) -> tu
     arch_baselines.check_graphs(graphs)
     meta = _check_meta(meta, len(graphs), model.config)
     outputs, embs = [], []
-    for index in _chunks(graphs, model.config.max_batch_nodes):
+    for index in chunks(graphs, model.config.max_batch_nodes):
         batch, batch_meta, _ = _batch(graphs, index, meta)
         out, emb = _forward(model.params, batch, batch_meta, network=model.network)
         outputs.append(np.asarray(out)[: len(index)])
@@ -527,3 +655,52 @@ class Archi2Vec:
     def predict(self, state: Archi2VecModel, graphs: Sequence[ArchGraph]) -> np.ndarray:
         """pred[T, G]: predicted per-task normal scores, higher = better."""
         return predict(state, graphs)
+
+
+# ----------------------------------------------------------------------------- transfer space
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GraphFeatures:
+    """Model names -> ``features[M, E + 1]``: the `embed`ding of each model's architecture
+    graph, then 1.0 (the last column; zeros in a row whose model has no graph).
+
+    Plugged into the transfer space as ``transfer_space.Fennec(model_features=...)`` (see
+    `fennec_arch`): a model's vector is then a learned map of its graph embedding and
+    metadata plus a learned residual for models with records, so an unseen model is scored
+    from its graph alone.
+
+    Attributes:
+      model: an encoder (e.g. from `pretrain` on the zoo's graphs), without metadata.
+      graphs: model name -> its `ArchGraph` (models sharing an architecture may share one).
+    """
+
+    model: Archi2VecModel
+    graphs: Mapping[str, ArchGraph]
+
+    def __post_init__(self):
+        if self.model.config.meta_dim:
+            raise ValueError("model: GraphFeatures embeds graphs alone; expected config.meta_dim = 0")
+        bad = [name for name, g in self.graphs.items() if not isinstance(g, ArchGraph)]
+        if bad:
+            raise ValueError(f"graphs: expected ArchGraph values, got {type(self.graphs[bad[0]]).__name__} "
+                             f"for {bad[0]!r}")
+
+    def __call__(self, models: Sequence[str]) -> np.ndarray:
+        known = [m for m in models if m in self.graphs]
+        width = self.model.config.ensemble * self.model.config.embed_dim
+        features = np.zeros((len(models), width + 1), np.float32)
+        if known:
+            distinct = list({id(self.graphs[m]): self.graphs[m] for m in known}.values())
+            emb = dict(zip((id(g) for g in distinct), embed(self.model, distinct)))
+            rows = [i for i, m in enumerate(models) if m in self.graphs]
+            features[rows, :width] = [emb[id(self.graphs[models[i]])] for i in rows]
+            features[rows, width] = 1.0
+        return features
+
+
+def fennec_arch(graphs: Mapping[str, ArchGraph], encoder: Archi2VecModel, **fennec_fields) -> Fennec:
+    """The fennec method (`transfer_space.Fennec`) with each model's vector and bias also a
+    learned map of its archi2vec graph embedding (`GraphFeatures`); ``fennec_fields``
+    override other `Fennec` fields (``configs``, ...)."""
+    return Fennec(model_features=GraphFeatures(encoder, dict(graphs)), name="fennec_arch", **fennec_fields)

@@ -63,6 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fennec_jax import graphs
+
 __all__ = [
     "ARCHITECTURES",
     "AlexNet",
@@ -77,6 +79,7 @@ __all__ = [
     "adaptive_avg_pool",
     "avg_pool",
     "build",
+    "graph",
     "init_variables",
     "input_size",
     "max_pool",
@@ -920,6 +923,15 @@ def build(name: str, num_classes: int = 1000, width_multiplier: float = 1.0, **k
     ):
         raise ValueError(f"width_multiplier: expected a positive finite number, got {width_multiplier!r}")
     return constructor(num_classes=int(num_classes), width_multiplier=float(width_multiplier), **kw)
+
+
+def graph(name: str, num_classes: int = 1000, input_side: int | None = None) -> graphs.ArchGraph:
+    """The layer graph of ``build(name, num_classes)`` in inference mode, traced with
+    `graphs.from_flax` on one ``input_side``-square RGB image (default: `input_size`),
+    named ``name``."""
+    model = build(name, num_classes)
+    side = input_size(name) if input_side is None else input_side
+    return graphs.from_flax(model, jnp.zeros((1, side, side, 3), jnp.float32), name, train=False)
 
 
 def input_size(name: str) -> int:

@@ -58,7 +58,7 @@ def save_space(path: str, space: TransferSpace, *, overwrite: bool = False) -> N
         "maps": [name for name in _MAPS if getattr(space, name) is not None],
         "arrays": {name: [a.dtype.str, list(a.shape)] for name, a in sorted(arrays.items())},
     }
-    meta["checksum"] = _checksum(meta, arrays)
+    meta["checksum"] = arrays_checksum(meta, arrays)
     stored = {name: a for name, a in arrays.items() if a.size}  # orbax refuses zero-size arrays
     ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
         path, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored), meta=ocp.args.JsonSave(meta)),
@@ -100,7 +100,7 @@ def restore_space(path: str) -> TransferSpace:
         if arrays[name].dtype != dtype or arrays[name].shape != shape:
             raise CheckpointError(f"{path}: array {name!r} is {arrays[name].dtype}{list(arrays[name].shape)}, "
                                   f"expected {dtype}{list(shape)}")
-    if _checksum({k: v for k, v in meta.items() if k != "checksum"}, arrays) != meta.get("checksum"):
+    if arrays_checksum({k: v for k, v in meta.items() if k != "checksum"}, arrays) != meta.get("checksum"):
         raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is corrupted")
     try:
         return _space_from_parts(meta, arrays)
@@ -132,7 +132,7 @@ def _space_from_parts(meta: dict, arrays: dict[str, np.ndarray]) -> TransferSpac
     )
 
 
-def _checksum(meta: dict, arrays: dict[str, np.ndarray]) -> str:
+def arrays_checksum(meta: dict, arrays: dict[str, np.ndarray]) -> str:
     """SHA-256 over the metadata (canonical JSON) and every array's name, dtype, shape, bytes."""
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(arrays):

@@ -62,10 +62,10 @@ from jax import lax
 
 import fennec_jax
 from fennec_jax import engine, metrics
-from fennec_jax.checkpoint import CheckpointError, _checksum
+from fennec_jax.checkpoint import CheckpointError, arrays_checksum
 from fennec_jax.data import Records, standardize
 from fennec_jax.methods import TaskEvidence, register
-from fennec_jax.transfer_space import FeatureEncoder, _listmle, _normalise_names
+from fennec_jax.transfer_space import FeatureEncoder, listmle, normalise_names
 
 __all__ = [
     "SpiderConfig",
@@ -144,7 +144,7 @@ def listmle_loss(pred: np.ndarray, true: np.ndarray, mask: np.ndarray | None = N
     if pred.ndim != 2 or pred.shape != true.shape or mask.shape != pred.shape:
         raise ValueError(f"listmle_loss: pred, true, mask must share one [T, M] shape, got "
                          f"{pred.shape}, {true.shape}, {mask.shape}")
-    return _listmle(pred, _order(true, mask), mask) / pred.shape[0]
+    return listmle(pred, _order(true, mask), mask) / pred.shape[0]
 
 
 def _order(true, mask):
@@ -292,8 +292,8 @@ def _design(history: Records, model_table, task_proxies) -> _Design:
     if history.num_tasks == 0 or history.num_models == 0:
         raise ValueError(f"history: expected at least one task and one model, got shape {history.scores.shape}")
     m = history.num_models
-    sources = _normalise_names(history.model_meta.get("source", [""] * m))
-    task_names = _normalise_names(history.tasks)
+    sources = normalise_names(history.model_meta.get("source", [""] * m))
+    task_names = normalise_names(history.tasks)
     datasets = tuple(sorted(set(sources) - {""}))
     index = {name: i for i, name in enumerate(datasets)}
     model_encoder = FeatureEncoder.fit({k: v for k, v in history.model_meta.items() if k != "source"})
@@ -412,12 +412,12 @@ def _loss(net, params, design_arrays, mask, key, *, probe_choices, max_probes, r
              "cand_idx": jnp.zeros((t, 0), jnp.int32), "cand_s": jnp.zeros((t, 0)),
              "cand_ok": jnp.zeros((t, 0), bool)}
     s1 = net.apply(params, tokens, batch) @ tokens.T + bias
-    loss = _listmle(s1, order, rest)
+    loss = listmle(s1, order, rest)
     if rerank:
         idx, cand_s, ok = _candidates(lax.stop_gradient(s1), rest, rerank)
         h2 = net.apply(params, tokens, {**batch, "cand_idx": idx, "cand_s": cand_s, "cand_ok": ok})
         in_top = jnp.zeros((t, m), bool).at[rows, idx].set(ok)
-        loss += _listmle(h2 @ tokens.T + bias, order, in_top)
+        loss += listmle(h2 @ tokens.T + bias, order, in_top)
     return loss / t
 
 
@@ -593,7 +593,7 @@ def _evidence_batch(state: SpiderState, evidences: Sequence[TaskEvidence]) -> di
         batch["probe_ok"][b, : ev.k] = True
         batch["probe_z"][b, : ev.k] = standardize(ev.probe_scores[None], np.ones((1, ev.k), bool))[0]
         metadata = dict(ev.metadata or {})
-        name = _normalise_names([metadata["task"]])[0] if metadata.get("task") is not None else ""
+        name = normalise_names([metadata["task"]])[0] if metadata.get("task") is not None else ""
         if name in index:
             batch["task_dataset"][b, index[name]] = 1.0
         if state.task_encoder.width:
@@ -645,7 +645,7 @@ def add_models(state: SpiderState, names: Sequence[str], table_rows: np.ndarray,
     if clash or len(set(names)) != len(names):
         raise ValueError(f"names: must be new and distinct, got repeats {clash[:3] or list(names)[:3]}")
     index = {name: i for i, name in enumerate(state.datasets)}
-    source = _one_hot([index.get(s, -1) for s in _normalise_names(sources)] if sources is not None
+    source = _one_hot([index.get(s, -1) for s in normalise_names(sources)] if sources is not None
                       else [-1] * len(names), len(state.datasets))
     a = len(names)
     side = {"source": np.concatenate([state.side["source"], source]),
@@ -706,7 +706,7 @@ def save_spider(path: str, state: SpiderState, *, overwrite: bool = False) -> No
         "proxy_width": state.proxy_width,
         "arrays": {name: [a.dtype.str, list(a.shape)] for name, a in sorted(arrays.items())},
     }
-    meta["checksum"] = _checksum(meta, arrays)
+    meta["checksum"] = arrays_checksum(meta, arrays)
     stored = {name: a for name, a in arrays.items() if a.size}  # orbax refuses zero-size arrays
     ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
         path, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored), meta=ocp.args.JsonSave(meta)),
@@ -741,7 +741,7 @@ def restore_spider(path: str) -> SpiderState:
         if arrays[name].dtype != dt or arrays[name].shape != shape:
             raise CheckpointError(f"{path}: array {name!r} is {arrays[name].dtype}{list(arrays[name].shape)}, "
                                   f"expected {dt}{list(shape)}")
-    if _checksum({k: v for k, v in meta.items() if k != "checksum"}, arrays) != meta.get("checksum"):
+    if arrays_checksum({k: v for k, v in meta.items() if k != "checksum"}, arrays) != meta.get("checksum"):
         raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is corrupted")
     try:
         params = traverse_util.unflatten_dict({tuple(k.split("/")[1:]): v for k, v in arrays.items()

@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -76,6 +76,7 @@ __all__ = [
     "source_profiles",
     "source_affinity",
     "Fennec",
+    "select_models",
 ]
 
 _NEG_LARGE = -1e9  # stands for log(0) in ListMLE: finite, so gradients stay finite
@@ -189,7 +190,7 @@ class FeatureEncoder:
                     continue
                 columns.append((name, "numeric", (log, float(finite.mean()), std, bool(finite.size < values.size))))
             else:
-                values = _normalise_names(col)
+                values = normalise_names(col)
                 names, counts = np.unique(values[values != ""], return_counts=True)
                 kept = tuple(str(v) for v, c in zip(names, counts) if c >= 2)
                 if len(kept) >= 2 or (len(kept) == 1 and np.any(values != kept[0])):
@@ -216,7 +217,7 @@ class FeatureEncoder:
                 block = [x, (~finite).astype(np.float64)] if has_missing else [x]
                 blocks.append(np.stack(block, 1).astype(np.float32))
             else:
-                values = _normalise_names(col) if col is not None else np.full(n, "", dtype=object)
+                values = normalise_names(col) if col is not None else np.full(n, "", dtype=object)
                 blocks.append((values[:, None] == np.array(spec, dtype=object)[None, :]).astype(np.float32))
         return np.concatenate(blocks, 1)
 
@@ -246,7 +247,7 @@ def _as_float(col: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"metadata {name!r} must be numeric, got {col[:3]!r}") from None
 
 
-def _normalise_names(values) -> np.ndarray:
+def normalise_names(values) -> np.ndarray:
     """Lower-cased, stripped strings (dataset and category names match case-insensitively)."""
     return np.array([str(v).strip().lower() if v is not None else "" for v in np.asarray(values, dtype=object)],
                     dtype=object)
@@ -274,9 +275,10 @@ class _Design:
     task_encoder: FeatureEncoder
 
 
-def _design(history: Records, nonneg: bool, side_info: bool) -> _Design:
+def _design(history: Records, nonneg: bool, side_info: bool, model_features: np.ndarray | None = None) -> _Design:
     if history.num_tasks == 0 or history.num_models == 0:
         raise ValueError(f"history: expected at least one task and one model, got shape {history.scores.shape}")
+    extra = _standardised_columns(model_features, history.num_models, nonneg, side_info)
     if nonneg:
         target = _minmax(history.scores, history.mask)
     else:
@@ -290,17 +292,17 @@ def _design(history: Records, nonneg: bool, side_info: bool) -> _Design:
     model_encoder = FeatureEncoder.fit(vector_meta) if use_side else FeatureEncoder()
     bias_encoder = FeatureEncoder.fit(history.model_meta) if use_side else FeatureEncoder()
     task_encoder = FeatureEncoder.fit(history.task_meta) if use_side else FeatureEncoder()
-    task_names = _normalise_names(history.tasks)
-    sources = _normalise_names(history.model_meta.get("source", [""] * history.num_models))
+    task_names = normalise_names(history.tasks)
+    sources = normalise_names(history.model_meta.get("source", [""] * history.num_models))
     datasets = tuple(sorted(set(task_names) | (set(sources) - {""}))) if use_side else ()
     index = {name: i for i, name in enumerate(datasets)}
-    families = _normalise_names(history.model_meta.get("family", [""] * history.num_models))
+    families = normalise_names(history.model_meta.get("family", [""] * history.num_models))
     return _Design(
         target=target,
         mask=history.mask.copy(),
         order=order,
-        model_side=model_encoder.transform(history.model_meta, history.num_models),
-        bias_side=bias_encoder.transform(history.model_meta, history.num_models),
+        model_side=np.concatenate([model_encoder.transform(history.model_meta, history.num_models), extra], 1),
+        bias_side=np.concatenate([bias_encoder.transform(history.model_meta, history.num_models), extra], 1),
         task_side=task_encoder.transform(history.task_meta, history.num_tasks),
         source=_one_hot([index.get(s, -1) for s in sources], len(datasets)),
         task_dataset=_one_hot([index.get(t, -1) for t in task_names], len(datasets)),
@@ -309,6 +311,21 @@ def _design(history: Records, nonneg: bool, side_info: bool) -> _Design:
         datasets=datasets,
         task_encoder=task_encoder,
     )
+
+
+def _standardised_columns(model_features: np.ndarray | None, num_models: int, nonneg: bool,
+                          side_info: bool) -> np.ndarray:
+    """``x[M, E]`` float32: model_features with every column centred and scaled to unit
+    variance over the models (constant columns only centred); ``[M, 0]`` when None."""
+    if model_features is None:
+        return np.zeros((num_models, 0), np.float32)
+    if nonneg or not side_info:
+        raise ValueError("model_features: need side_info=True and a config with nonneg=False")
+    x = np.asarray(model_features, np.float64)
+    if x.ndim != 2 or x.shape[0] != num_models or not np.isfinite(x).all():
+        raise ValueError(f"model_features: expected finite values of shape [M={num_models}, E], got {x.shape}")
+    spread = x.std(0)
+    return ((x - x.mean(0)) / np.where(spread > 1e-8, spread, 1.0)).astype(np.float32)
 
 
 def _minmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -404,7 +421,7 @@ def _vectors(params, data, base, dims, data_dims, nonneg):
     return model_vecs, task_vecs, model_bias, params["task_bias"]
 
 
-def _listmle(pred, order, mask):
+def listmle(pred, order, mask):
     """ListMLE loss summed over tasks: ``pred[T, M]`` against the true order ``order[T, M]``."""
     s = jnp.take_along_axis(pred, order, 1)
     observed = jnp.take_along_axis(mask, order, 1)
@@ -432,7 +449,7 @@ def _fit_one(data, mask, hyper, dims, data_dims, key, *, steps, learning_rate, n
         pred = task_vecs @ model_vecs.T + model_bias[None, :] + task_bias[:, None]
         loss = jnp.sum(jnp.where(mask, pred - target, 0.0) ** 2)
         if ranking:
-            loss += rank_weight * _listmle(pred, data["order"], mask)
+            loss += rank_weight * listmle(pred, data["order"], mask)
         squares = {name: jnp.sum(value**2) for name, value in params.items()}
         return (loss
                 + l2_free * (squares["model_free"] + squares["task_free"] + squares["model_bias"])
@@ -559,7 +576,7 @@ class TransferSpace:
     def affinity(self, task: str | None) -> np.ndarray:
         """``affinity[M]`` of each model's source dataset to the task named ``task``
         (:func:`source_affinity`); zeros when the name is no model's source dataset."""
-        name = _normalise_names([task])[0] if task is not None else ""
+        name = normalise_names([task])[0] if task is not None else ""
         if name not in self.datasets or self.model_sources.size == 0 or self.source_profiles.size == 0:
             return np.zeros(len(self.models))
         return source_affinity(self.source_profiles, self.model_sources, self.datasets.index(name))
@@ -596,7 +613,7 @@ class TransferSpace:
         scores = self.scores(task_vec)
         spread = scores.std()
         spread = spread if spread > 1e-12 else 1.0
-        name = _normalise_names([task])[0]
+        name = normalise_names([task])[0]
         per_source = self.config.affinity_weight * source_affinity(
             self.source_profiles, np.arange(len(self.datasets)), self.datasets.index(name))
         return np.concatenate([task_vec / spread, [1.0 / spread], per_source]), -scores.mean() / spread
@@ -619,7 +636,7 @@ class TransferSpace:
         else:
             vec = self.prior_vec.copy()
         if task is not None:
-            name = _normalise_names([task])[0]
+            name = normalise_names([task])[0]
             if name in self.datasets and self.source_datasets[self.datasets.index(name)]:
                 tied = self.dataset_priors[self.datasets.index(name)]
                 data_block = np.arange(self.dim) >= self.config.d
@@ -765,7 +782,8 @@ def _validation_folds(mask: np.ndarray, num_folds: int, min_models: int, seed: i
 
 def fit_space(history: Records, configs: SpaceConfig | Sequence[SpaceConfig] = DEFAULT_GRID, seed: int = 0, *,
               side_info: bool = True, num_folds: int = 5, probes: Sequence[int] = (0, 3, 5),
-              draws: int = 4, validation_models: int = 2048) -> TransferSpace:
+              draws: int = 4, validation_models: int = 2048,
+              model_features: np.ndarray | None = None) -> TransferSpace:
     """Fits a transfer space to ``history``, choosing hyper-parameters by validation.
 
     Args:
@@ -778,6 +796,11 @@ def fit_space(history: Records, configs: SpaceConfig | Sequence[SpaceConfig] = D
       draws: probe draws per (fold, k > 0).
       validation_models: with more models than this, validation runs on a random subset of
         this many models (the chosen config is then fitted on all of them).
+      model_features: optional ``[M, E]`` numeric features of the history's models (e.g.
+        archi2vec embeddings of their architecture graphs), standardised and added to the
+        metadata features of the model vectors and biases. A model's vector is then a learned
+        map of its features plus its penalised free residual, so a model without records
+        (all its cells masked) is placed by its features alone. Needs ``side_info``.
 
     With a grid, each held-out task is hidden entirely (all its cells), its vector is obtained
     as a new task's would be (prior, then probes), and the configuration with the best mean
@@ -789,14 +812,15 @@ def fit_space(history: Records, configs: SpaceConfig | Sequence[SpaceConfig] = D
     statics = {(c.steps, c.learning_rate, c.nonneg) for c in configs}
     if len(statics) != 1:
         raise ValueError(f"configs: all must share steps, learning_rate and nonneg, got {sorted(statics)}")
-    design = _design(history, configs[0].nonneg, side_info)
+    design = _design(history, configs[0].nonneg, side_info, model_features)
     if len(configs) == 1:
         return _fit_final(design, history, configs[0], seed)
     subset = history.num_models > validation_models
     if subset:
         keep = np.sort(np.random.default_rng([seed, 5]).choice(history.num_models, validation_models, replace=False))
-        valid_history = _select_models(history, keep)
-        valid_design = _design(valid_history, configs[0].nonneg, side_info)
+        valid_history = select_models(history, keep)
+        valid_design = _design(valid_history, configs[0].nonneg, side_info,
+                               None if model_features is None else np.asarray(model_features)[keep])
     else:
         valid_history, valid_design = history, design
     is_source = valid_design.task_dataset @ valid_design.source.any(0).astype(np.float32) > 0
@@ -823,7 +847,7 @@ def _fit_final(design: _Design, history: Records, config: SpaceConfig, seed: int
     return _space_from_fit(design, history, config, fits[0][0], design.mask, validation)
 
 
-def _select_models(history: Records, keep: np.ndarray) -> Records:
+def select_models(history: Records, keep: np.ndarray) -> Records:
     """``history`` restricted to the models ``keep`` (all tasks)."""
     return dataclasses.replace(
         history,
@@ -880,14 +904,20 @@ class Fennec:
     ``evidence.metadata`` may carry ``'task'`` (the new task's name, matched against the models'
     source datasets) and task metadata columns; ``evidence.proxy`` a proxy embedding (used when
     the state has a proxy map, see :meth:`TransferSpace.with_proxy_map`).
+
+    ``model_features`` (opt-in, default None: plain fennec) maps the history's model names to
+    ``features[M, E]`` (e.g. `archi2vec.GraphFeatures`: embeddings of their architecture
+    graphs), passed to :func:`fit_space`; models without records are then placed by them.
     """
 
     configs: tuple[SpaceConfig, ...] = DEFAULT_GRID
     side_info: bool = True
     name: str = "fennec"
+    model_features: Callable[[Sequence[str]], np.ndarray] | None = None
 
     def fit(self, history: Records, seed: int = 0) -> TransferSpace:
-        return fit_space(history, self.configs, seed, side_info=self.side_info)
+        features = None if self.model_features is None else self.model_features(history.models)
+        return fit_space(history, self.configs, seed, side_info=self.side_info, model_features=features)
 
     def _space_vector(self, state: TransferSpace, evidence: TaskEvidence) -> tuple[np.ndarray, str | None]:
         """The new task's vector in the space (prior refined by probes), and its name."""

@@ -215,3 +215,75 @@ def test_evaluate_archs_names_a_model_without_a_graph(tmp_path):
     with pytest.raises(ValueError, match=r"graphs\.jsonl: no graph for model 'net5'"):
         _run(records=tmp_path / "records.csv", graphs=tmp_path / "graphs.jsonl", methods="opcount_ridge",
              train=8, seeds=1, out=tmp_path / "out")
+
+
+def _family_records():
+    """Two families (a: models 0-3, b: 4-7) on 3 tasks; family a is better on tasks 0 and 1,
+    b on task 2; within a family, model order follows the index."""
+    from fennec_jax.data import records_from_matrix
+
+    family = np.array(["a"] * 4 + ["b"] * 4)
+    within = np.tile(np.arange(4), 2) * 0.1
+    scores = np.stack([np.where(family == "a", 1.0, 0.0) + within,
+                       np.where(family == "a", 2.0, 0.5) + within,
+                       np.where(family == "a", 0.0, 1.0) + within])
+    records = records_from_matrix([f"m{i}" for i in range(8)], ["t0", "t1", "t2"], scores, np.ones((3, 8), bool))
+    return records, family
+
+
+def test_hide_models_and_folds():
+    records, family = _family_records()
+    hidden = ab.hide_models(records, np.array([1, 5]))
+    assert not hidden.mask[:, [1, 5]].any() and hidden.mask.sum() == 18
+    assert np.isnan(hidden.scores[:, [1, 5]]).all() and hidden.models == records.models
+    folds = ab.model_folds(8, 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(8)) and [len(f) for f in folds] == [3, 3, 2]
+    by_family = ab.model_folds(8, 3, seed=0, groups=family)
+    assert [f.tolist() for f in by_family] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ValueError, match="num_folds"):
+        ab.model_folds(8, 9, seed=0)
+
+
+def test_family_popularity_uses_the_family_or_the_nearest_one():
+    records, family = _family_records()
+    pred = ab.family_popularity(ab.hide_models(records, np.array([0])), family)
+    # Model 0 hidden: its family's visible models (1-3) predict it.
+    assert pred[0, 0] == pytest.approx(pred[0, 1]) and pred[0, 0] > pred[0, 4]
+    # Family b hidden except model 7: nearest by embedding is then b itself; all of b hidden:
+    # the family with the nearest mean embedding (a here), else the mean over visible models.
+    embeddings = np.array([[0.0]] * 4 + [[0.1]] * 4)
+    partly = ab.family_popularity(ab.hide_models(records, np.arange(4, 7)), family, embeddings)
+    np.testing.assert_allclose(partly[:, 4], partly[:, 7])
+    hide_b = ab.hide_models(records, np.arange(4, 8))
+    nearest = ab.family_popularity(hide_b, family, embeddings)
+    np.testing.assert_allclose(nearest[:, 4], nearest[:, 0])
+    three = np.array(["a", "a", "c", "c", "b", "b", "b", "b"])
+    near_c = np.array([[0.0], [0.0], [1.0], [1.0], [0.9], [0.9], [0.9], [0.9]])
+    pred_c = ab.family_popularity(hide_b, three, near_c)
+    np.testing.assert_allclose(pred_c[:, 4], pred_c[:, 2])
+    assert not np.allclose(pred_c[:, 4], pred_c[:, 0])
+
+
+def test_evaluate_models_out_scores_assembled_predictions():
+    records, family = _family_records()
+    seen = []
+
+    def oracle(history):
+        seen.append(int((~history.mask.any(0)).sum()))
+        return records.scores
+
+    report = ab.evaluate_models_out(
+        records,
+        {"oracle": oracle, "family": lambda h: ab.family_popularity(h, family), "constant": lambda h: np.zeros((3, 8))},
+        ab.model_folds(8, 4, seed=1))
+    results = report["results"]
+    assert seen == [2, 2, 2, 2]  # each fold hides its own two models
+    assert results["oracle"]["mean"]["kendall"] == pytest.approx(1.0)
+    assert results["constant"]["mean"]["kendall"] == 0.0
+    assert 0.3 < results["family"]["mean"]["kendall"] < 1.0  # right families, ties within them
+    assert set(results["family"]["per_task"]) == {"t0", "t1", "t2"}
+    assert "| oracle | 1.000 |" in ab.models_out_markdown(report)
+    with pytest.raises(ValueError, match="partition"):
+        ab.evaluate_models_out(records, {"oracle": oracle}, [np.arange(4)])
+    with pytest.raises(ValueError, match="oracle"):
+        ab.evaluate_models_out(records, {"oracle": lambda h: np.zeros(3)}, [np.arange(8)])

@@ -480,3 +480,13 @@ def test_flax_rejects_non_modules():
 def test_flax_accepts_shape_structs():
     x = jax.ShapeDtypeStruct((2, 12), jnp.float32)
     assert graphs.from_flax(MLP(), x).op_names == graphs.from_flax(MLP(), jnp.ones((2, 12))).op_names
+
+
+def test_architecture_graph_traces_the_flax_definition():
+    from fennec_jax import architectures
+
+    g = architectures.graph("alexnet", num_classes=10)  # 224 x 224: the adaptive pool is the identity
+    counts = g.op_counts()
+    assert g.name == "alexnet" and counts["conv"] == 5 and counts["dense"] == 3 and counts["max_pool"] == 3
+    assert counts["input"] == 1 and counts["output"] == 1
+    assert g.node_attrs(int(np.flatnonzero(g.ops == graphs.OPS.index("dense"))[-1]))["channels_out"] == 10

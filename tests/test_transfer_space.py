@@ -332,3 +332,31 @@ def test_affinity_weight_ranks_alike_sources_up():
     rank = lambda s, m: int((s > s[m]).sum())
     assert rank(blended, 1) < rank(plain, 1) and rank(blended, 7) < rank(plain, 7)
     np.testing.assert_array_equal(space.task_scores(space.prior_task_vector(), None), plain)
+
+
+def test_model_features_place_models_without_records():
+    records, scores = planted(num_tasks=12, num_models=40, seed=3, observed=1.0)
+    rng = np.random.default_rng(3)
+    features = scores.T[:, :4] + 0.01 * rng.normal(size=(40, 4))  # informative features of every model
+    hidden = np.arange(30, 40)
+    mask = records.mask.copy()
+    mask[:, hidden] = False
+    history = records_from_matrix(records.models, records.tasks, np.where(mask, scores, np.nan), mask)
+    truth = standardize(scores, records.mask)
+
+    def hidden_corr(space):
+        pred = space.task_vecs @ space.model_vecs.T + space.model_bias
+        return np.mean([np.corrcoef(pred[t, hidden], truth[t, hidden])[0, 1] for t in range(12)])
+
+    with_features = ts.fit_space(history, PLAIN, seed=0, model_features=features)
+    assert hidden_corr(with_features) > 0.9
+    plain = ts.fit_space(history, PLAIN, seed=0)
+    spread = (plain.task_vecs @ plain.model_vecs.T + plain.model_bias)[:, hidden].std(1)
+    assert spread.max() < 1e-3  # no records, no features: every hidden model scored alike
+    method = ts.Fennec(configs=(PLAIN,),
+                       model_features=lambda models: features[[records.models.index(m) for m in models]])
+    np.testing.assert_allclose(method.fit(history).model_vecs, with_features.model_vecs)
+    with pytest.raises(ValueError, match="model_features"):
+        ts.fit_space(history, PLAIN, model_features=features[:5])
+    with pytest.raises(ValueError, match="model_features"):
+        ts.fit_space(history, PLAIN, side_info=False, model_features=features)
