@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 import fennec_jax
 from fennec_jax.transfer_space import FeatureEncoder, ProxyMap, SpaceConfig, TransferSpace
 
-__all__ = ["CheckpointError", "FORMAT", "save_space", "restore_space"]
+__all__ = ["CheckpointError", "FORMAT", "save_space", "restore_space", "save_arrays", "restore_arrays"]
 
 FORMAT = "fennec_jax.transfer_space/1"
 _ARRAYS = ("model_vecs", "model_bias", "task_vecs", "task_bias", "prior_vec", "dataset_priors", "source_datasets",
@@ -42,13 +42,7 @@ class CheckpointError(ValueError):
 
 def save_space(path: str, space: TransferSpace, *, overwrite: bool = False) -> None:
     """Writes ``space`` to the folder ``path`` (atomically; an existing one only if ``overwrite``)."""
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise CheckpointError(f"{path}: already exists (pass overwrite=True to replace it)")
-    arrays = _space_arrays(space)
     meta = {
-        "format": FORMAT,
-        "package_version": fennec_jax.__version__,
         "models": list(space.models),
         "tasks": list(space.tasks),
         "datasets": list(space.datasets),
@@ -56,13 +50,8 @@ def save_space(path: str, space: TransferSpace, *, overwrite: bool = False) -> N
         "validation": [[dataclasses.asdict(c), float(v)] for c, v in space.validation],
         "task_encoder": space.task_encoder.to_json(),
         "maps": [name for name in _MAPS if getattr(space, name) is not None],
-        "arrays": {name: [a.dtype.str, list(a.shape)] for name, a in sorted(arrays.items())},
     }
-    meta["checksum"] = arrays_checksum(meta, arrays)
-    stored = {name: a for name, a in arrays.items() if a.size}  # orbax refuses zero-size arrays
-    ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
-        path, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored), meta=ocp.args.JsonSave(meta)),
-        force=overwrite)
+    save_arrays(path, FORMAT, meta, _space_arrays(space), overwrite=overwrite)
 
 
 def restore_space(path: str) -> TransferSpace:
@@ -72,6 +61,34 @@ def restore_space(path: str) -> TransferSpace:
       CheckpointError: missing or unreadable (truncated, corrupted) checkpoint, another format,
         another ``fennec_jax`` version, or arrays that do not match their checksum.
     """
+    meta, arrays = restore_arrays(path, FORMAT, "transfer-space")
+    try:
+        return _space_from_parts(meta, arrays)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{os.path.abspath(path)}: inconsistent checkpoint ({type(e).__name__}: {e})") from None
+
+
+def save_arrays(path: str, fmt: str, meta: dict, arrays: dict[str, np.ndarray], *, overwrite: bool = False) -> None:
+    """Writes named ``arrays`` and JSON ``meta`` as one orbax checkpoint folder ``path``, tagged
+    with the format ``fmt``, this package's version, every array's dtype and shape, and a
+    SHA-256 checksum (the shared layout of every checkpoint this package writes)."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise CheckpointError(f"{path}: already exists (pass overwrite=True to replace it)")
+    meta = {"format": fmt, "package_version": fennec_jax.__version__, **meta,
+            "arrays": {name: [a.dtype.str, list(a.shape)] for name, a in sorted(arrays.items())}}
+    meta["checksum"] = arrays_checksum(meta, arrays)
+    stored = {name: a for name, a in arrays.items() if a.size}  # orbax refuses zero-size arrays
+    ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
+        path, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored), meta=ocp.args.JsonSave(meta)),
+        force=overwrite)
+
+
+def restore_arrays(path: str, fmt: str, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(meta, arrays)`` of the checkpoint written by :func:`save_arrays` at ``path``, after
+    checking, in order: the folder exists and orbax can read it, the format tag ``fmt`` (a
+    ``kind`` checkpoint), the package version, the arrays' names, dtypes and shapes, and the
+    checksum. Any failure raises :class:`CheckpointError` naming the path and the problem."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no checkpoint folder")
@@ -80,13 +97,13 @@ def restore_space(path: str) -> TransferSpace:
         meta = checkpointer.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001 - any orbax/JSON failure means an unreadable checkpoint
         raise CheckpointError(f"{path}: unreadable checkpoint metadata ({type(e).__name__}: {e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{path}: not a transfer-space checkpoint (format {found!r}, expected {FORMAT!r})")
+        raise CheckpointError(f"{path}: not a {kind} checkpoint (format {found!r}, expected {fmt!r})")
     if meta.get("package_version") != fennec_jax.__version__:
         raise CheckpointError(
             f"{path}: written by fennec_jax {meta.get('package_version')}, this is {fennec_jax.__version__}; "
-            f"refit the space with this version")
+            f"refit with this version")
     try:
         expected = {name: (np.dtype(dtype), tuple(shape)) for name, (dtype, shape) in meta["arrays"].items()}
         stored = checkpointer.restore(path, args=ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
@@ -102,10 +119,7 @@ def restore_space(path: str) -> TransferSpace:
                                   f"expected {dtype}{list(shape)}")
     if arrays_checksum({k: v for k, v in meta.items() if k != "checksum"}, arrays) != meta.get("checksum"):
         raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is corrupted")
-    try:
-        return _space_from_parts(meta, arrays)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: inconsistent checkpoint ({type(e).__name__}: {e})") from None
+    return meta, arrays
 
 
 def _space_arrays(space: TransferSpace) -> dict[str, np.ndarray]:

@@ -56,16 +56,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import traverse_util
 from jax import lax
 
-import fennec_jax
 from fennec_jax import engine, metrics
-from fennec_jax.checkpoint import CheckpointError, arrays_checksum
+from fennec_jax.checkpoint import CheckpointError, restore_arrays, save_arrays
 from fennec_jax.data import Records, standardize
 from fennec_jax.methods import TaskEvidence, register
-from fennec_jax.transfer_space import FeatureEncoder, listmle, normalise_names
+from fennec_jax.transfer_space import FeatureEncoder, listmle, normalise_names, one_hot
 
 __all__ = [
     "SpiderConfig",
@@ -300,12 +298,12 @@ def _design(history: Records, model_table, task_proxies) -> _Design:
     task_encoder = FeatureEncoder.fit(history.task_meta)
     table = _table_rows(model_table, history.models) if model_table is not None else np.zeros((m, 0), np.float32)
     proxy, proxy_ok = _history_proxies(task_proxies, history.tasks)
-    task_dataset = _one_hot([index.get(t, -1) for t in task_names], len(datasets))
+    task_dataset = one_hot([index.get(t, -1) for t in task_names], len(datasets))
     task_side = task_encoder.transform(history.task_meta, history.num_tasks)
     return _Design(
         target=standardize(history.scores, history.mask).astype(np.float32),
         mask=history.mask.copy(),
-        side={"source": _one_hot([index.get(s, -1) for s in sources], len(datasets)),
+        side={"source": one_hot([index.get(s, -1) for s in sources], len(datasets)),
               "model_side": model_encoder.transform(history.model_meta, m), "table": table},
         tasks={"task_dataset": task_dataset, "task_side": task_side,
                "meta_ok": task_dataset.any(1) | (task_side.shape[1] > 0),
@@ -314,14 +312,6 @@ def _design(history: Records, model_table, task_proxies) -> _Design:
         model_encoder=model_encoder,
         task_encoder=task_encoder,
     )
-
-
-def _one_hot(index: Sequence[int], n: int) -> np.ndarray:
-    index = np.asarray(index, dtype=int)
-    out = np.zeros((len(index), n), np.float32)
-    rows = np.flatnonzero(index >= 0)
-    out[rows, index[rows]] = 1.0
-    return out
 
 
 def _table_rows(model_table: Mapping[str, Any], models: Sequence[str]) -> np.ndarray:
@@ -645,7 +635,7 @@ def add_models(state: SpiderState, names: Sequence[str], table_rows: np.ndarray,
     if clash or len(set(names)) != len(names):
         raise ValueError(f"names: must be new and distinct, got repeats {clash[:3] or list(names)[:3]}")
     index = {name: i for i, name in enumerate(state.datasets)}
-    source = _one_hot([index.get(s, -1) for s in normalise_names(sources)] if sources is not None
+    source = one_hot([index.get(s, -1) for s in normalise_names(sources)] if sources is not None
                       else [-1] * len(names), len(state.datasets))
     a = len(names)
     side = {"source": np.concatenate([state.side["source"], source]),
@@ -689,13 +679,7 @@ class Spider:
 
 def save_spider(path: str, state: SpiderState, *, overwrite: bool = False) -> None:
     """Writes ``state`` to the folder ``path`` with orbax (atomically; checksummed)."""
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise CheckpointError(f"{path}: already exists (pass overwrite=True to replace it)")
-    arrays = _state_arrays(state)
     meta = {
-        "format": FORMAT,
-        "package_version": fennec_jax.__version__,
         "models": list(state.models),
         "datasets": list(state.datasets),
         "config": dataclasses.asdict(state.config),
@@ -704,45 +688,14 @@ def save_spider(path: str, state: SpiderState, *, overwrite: bool = False) -> No
         "model_encoder": state.model_encoder.to_json(),
         "task_encoder": state.task_encoder.to_json(),
         "proxy_width": state.proxy_width,
-        "arrays": {name: [a.dtype.str, list(a.shape)] for name, a in sorted(arrays.items())},
     }
-    meta["checksum"] = arrays_checksum(meta, arrays)
-    stored = {name: a for name, a in arrays.items() if a.size}  # orbax refuses zero-size arrays
-    ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
-        path, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored), meta=ocp.args.JsonSave(meta)),
-        force=overwrite)
+    save_arrays(path, FORMAT, meta, _state_arrays(state), overwrite=overwrite)
 
 
 def restore_spider(path: str) -> SpiderState:
     """The state saved at ``path`` by :func:`save_spider`; :class:`CheckpointError` if it
     is missing, unreadable, of another format or version, or fails its checksum."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no checkpoint folder")
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    try:
-        meta = checkpointer.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # noqa: BLE001 - any orbax/JSON failure means an unreadable checkpoint
-        raise CheckpointError(f"{path}: unreadable checkpoint metadata ({type(e).__name__}: {e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{path}: not a spider checkpoint (format {found!r}, expected {FORMAT!r})")
-    if meta.get("package_version") != fennec_jax.__version__:
-        raise CheckpointError(f"{path}: written by fennec_jax {meta.get('package_version')}, this is "
-                              f"{fennec_jax.__version__}; refit with this version")
-    try:
-        expected = {name: (np.dtype(dt), tuple(shape)) for name, (dt, shape) in meta["arrays"].items()}
-        stored = checkpointer.restore(path, args=ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: unreadable arrays, truncated or corrupted ({type(e).__name__}: {e})") from None
-    arrays = {name: np.asarray(stored[name]) if name in stored else np.zeros(shape, dt)
-              for name, (dt, shape) in expected.items()}
-    for name, (dt, shape) in expected.items():
-        if arrays[name].dtype != dt or arrays[name].shape != shape:
-            raise CheckpointError(f"{path}: array {name!r} is {arrays[name].dtype}{list(arrays[name].shape)}, "
-                                  f"expected {dt}{list(shape)}")
-    if arrays_checksum({k: v for k, v in meta.items() if k != "checksum"}, arrays) != meta.get("checksum"):
-        raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is corrupted")
+    meta, arrays = restore_arrays(path, FORMAT, "spider")
     try:
         params = traverse_util.unflatten_dict({tuple(k.split("/")[1:]): v for k, v in arrays.items()
                                                if k.startswith("params/")})
@@ -754,7 +707,7 @@ def restore_spider(path: str) -> SpiderState:
             model_encoder=FeatureEncoder.from_json(meta["model_encoder"]),
             task_encoder=FeatureEncoder.from_json(meta["task_encoder"]), proxy_width=int(meta["proxy_width"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: inconsistent checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{os.path.abspath(path)}: inconsistent checkpoint ({type(e).__name__}: {e})") from None
 
 
 def _state_arrays(state: SpiderState) -> dict[str, np.ndarray]:

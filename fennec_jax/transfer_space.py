@@ -304,8 +304,8 @@ def _design(history: Records, nonneg: bool, side_info: bool, model_features: np.
         model_side=np.concatenate([model_encoder.transform(history.model_meta, history.num_models), extra], 1),
         bias_side=np.concatenate([bias_encoder.transform(history.model_meta, history.num_models), extra], 1),
         task_side=task_encoder.transform(history.task_meta, history.num_tasks),
-        source=_one_hot([index.get(s, -1) for s in sources], len(datasets)),
-        task_dataset=_one_hot([index.get(t, -1) for t in task_names], len(datasets)),
+        source=one_hot([index.get(s, -1) for s in sources], len(datasets)),
+        task_dataset=one_hot([index.get(t, -1) for t in task_names], len(datasets)),
         family=np.unique(families, return_inverse=True)[1].reshape(-1),
         z=standardize(history.scores, history.mask),
         datasets=datasets,
@@ -337,7 +337,7 @@ def _minmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, (np.nan_to_num(x) - np.nan_to_num(lo)) / np.nan_to_num(span, nan=1.0), 0.0)
 
 
-def _one_hot(index: Sequence[int], n: int) -> np.ndarray:
+def one_hot(index: Sequence[int], n: int) -> np.ndarray:
     index = np.asarray(index, dtype=int)
     out = np.zeros((len(index), n), np.float32)
     rows = np.flatnonzero(index >= 0)
@@ -358,7 +358,7 @@ def source_profiles(z: np.ndarray, mask: np.ndarray, family: np.ndarray, source:
     """
     observed = mask.astype(np.float64)
     z = np.where(mask, z, 0.0)
-    families = _one_hot(family, int(family.max()) + 1 if family.size else 0)  # [M, K]
+    families = one_hot(family, int(family.max()) + 1 if family.size else 0)  # [M, K]
     with np.errstate(invalid="ignore", divide="ignore"):
         family_mean = (z @ families) / (observed @ families)  # [T, K]
         effect = np.where(mask, z - np.nan_to_num(family_mean)[:, family], 0.0)  # [T, M]

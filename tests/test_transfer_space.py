@@ -283,7 +283,7 @@ def test_source_profiles_subtract_the_family_mean():
     z = np.array([[1.0, -1.0, 2.0, 0.0], [0.0, 2.0, -1.0, 1.0], [3.0, 9.0, 1.0, -1.0]])
     mask = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 1]], bool)
     family = np.array([0, 0, 1, 1])
-    source = ts._one_hot([0, 1, 0, -1], 2)
+    source = ts.one_hot([0, 1, 0, -1], 2)
     profiles = ts.source_profiles(z, mask, family, source)
     # By hand: family means per task, then the mean effect of each source's models.
     expected_a = [((1 - 0) + (2 - 1)) / 2, ((0 - 1) + (-1 - 0)) / 2, ((3 - 3) + (1 - 0)) / 2]
