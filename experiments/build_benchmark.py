@@ -18,6 +18,7 @@ tfds.data_source (needs the prepared dataset in --tfds_data_dir).
 import os
 import time
 
+import jax
 from absl import app, flags, logging
 
 from fennec_jax import atomic_io, benchmark_builder as bb
@@ -28,15 +29,22 @@ _WIDTH = flags.DEFINE_float("width", 0.0625, "Channel width multiplier of every 
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 16, "Side of the square inputs (densenet121 needs >= 29).")
 _NUM_SOURCES = flags.DEFINE_integer("num_sources", 8, "Pre-training sources (1..8).")
 _SOURCE_EXAMPLES = flags.DEFINE_integer("source_examples", 600, "Training examples per source.")
-_NUM_TARGETS = flags.DEFINE_integer("num_targets", 24, "Target tasks.")
+_NUM_TARGETS = flags.DEFINE_integer("num_targets", 20, "Target tasks.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 100, "Training examples per target.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 100, "Test examples per target.")
-_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 300, "Pre-training steps.")
-_FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 40, "Full fine-tune steps.")
-_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 200, "Linear-probe steps.")
-_SEEDS = flags.DEFINE_integer("seeds", 2, "Fine-tune / probe seeds per (model, target).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Training batch size.")
-_PROXY_EXAMPLES = flags.DEFINE_integer("proxy_examples", 64, "Target examples embedded by the MobileNetV2 proxy.")
+_DEFAULTS = bb.TrainConfig()
+_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", _DEFAULTS.pretrain_steps, "Pre-training steps.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Pre-training batch size.")
+_FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", _DEFAULTS.finetune_steps, "Full fine-tune steps.")
+_FINETUNE_BATCH_SIZE = flags.DEFINE_integer("finetune_batch_size", _DEFAULTS.finetune_batch_size,
+                                            "Full fine-tune batch size.")
+_PROBE_STEPS = flags.DEFINE_integer("probe_steps", _DEFAULTS.probe_steps, "Linear-probe steps.")
+_SEEDS = flags.DEFINE_integer("seeds", _DEFAULTS.seeds, "Fine-tune / probe seeds per (model, target).")
+_TARGETS_PER_GROUP = flags.DEFINE_integer("targets_per_group", _DEFAULTS.targets_per_group,
+                                          "Targets fine-tuned together under one vmapped step (one stage).")
+_PROXY_EXAMPLES = flags.DEFINE_integer("proxy_examples", 32, "Target examples embedded by the MobileNetV2 proxy.")
+_REAL_SCALE = flags.DEFINE_bool("real_scale", True, "Also time full-size (width 1, 224 px) forward passes of "
+                                "each family on --num_train images: the estimators' cost at real scale.")
 _ESTIMATORS = flags.DEFINE_list("estimators", ["logme", "leep", "nce", "hscore"], "Forward-pass estimators.")
 _PROBES = flags.DEFINE_integer("probes", 3, "k for the Fennec-with-probes rows.")
 _PROBE_SEEDS = flags.DEFINE_integer("probe_seeds", 5, "Probe draws per task.")
@@ -64,9 +72,14 @@ def main(argv):
     from fennec_jax.proxy import mobilenet_v2_proxy
 
     start = time.perf_counter()
+    # Compiled train steps are cached on disk, so a resumed run does not compile them again.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(_OUT.value, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     spec = bb.ZooSpec(tuple(_FAMILIES.value), _WIDTH.value)
-    config = bb.TrainConfig(pretrain_steps=_PRETRAIN_STEPS.value, finetune_steps=_FINETUNE_STEPS.value,
-                            probe_steps=_PROBE_STEPS.value, seeds=_SEEDS.value, batch_size=_BATCH_SIZE.value)
+    config = bb.TrainConfig(pretrain_steps=_PRETRAIN_STEPS.value, batch_size=_BATCH_SIZE.value,
+                            finetune_steps=_FINETUNE_STEPS.value, finetune_batch_size=_FINETUNE_BATCH_SIZE.value,
+                            probe_steps=_PROBE_STEPS.value, seeds=_SEEDS.value,
+                            targets_per_group=_TARGETS_PER_GROUP.value)
     datasets = bb.packaged_datasets(_IMAGE_SIZE.value)
     sources = bb.default_sources(datasets, _NUM_SOURCES.value, _SOURCE_EXAMPLES.value)
     targets = bb.default_targets(datasets, _NUM_TARGETS.value, _NUM_TRAIN.value, _NUM_TEST.value)
@@ -84,12 +97,51 @@ def main(argv):
                                 proxy_seconds=result.proxy_seconds, probes=_PROBES.value, seeds=_PROBE_SEEDS.value)
     report["build_seconds"] = build_seconds
     report["comparison_seconds"] = time.perf_counter() - start - build_seconds
+    report["ground_truth"] = {"finetune": bb.ground_truth_summary(result.finetune_runs),
+                              "linear_probe": bb.ground_truth_summary(result.probe_runs)}
+    if _REAL_SCALE.value:
+        report["real_scale"] = _real_scale_cost(spec, report)
     atomic_io.write_json(os.path.join(_OUT.value, "report.json"), report)
+    atomic_io.write_text(os.path.join(_OUT.value, "report.md"), _markdown(report))
+    print(_markdown(report))
+
+
+def _real_scale_cost(spec, report) -> dict:
+    """Measured forward seconds of one full-size model per family on --num_train images at 224 px,
+    and their sum over the zoo's models (each model costs its family's measured time)."""
+    per_family = {}
+    for family in spec.families:
+        per_family[family] = bb.forward_seconds(family, _NUM_TRAIN.value)
+        logging.info("real-scale forward %s: %.2f s for %d images", family, per_family[family], _NUM_TRAIN.value)
+    models_per_family = report["models"] // len(spec.families)
+    proxy = report["results"]["fennec_proxy_k0"]["seconds_per_task"]
+    return {"image_size": 224, "width": 1.0, "images": _NUM_TRAIN.value,
+            "forward_seconds_per_model_measured": per_family,
+            "zoo_forward_seconds_summed": models_per_family * sum(per_family.values()),
+            "zoo_models": report["models"],
+            "proxy_seconds_per_task_measured": proxy}
+
+
+def _markdown(report) -> str:
+    lines = [f"{report['models']} models x {report['tasks']} tasks; build {report['build_seconds']:.0f} s, "
+             f"comparison {report['comparison_seconds']:.0f} s (leave-one-task-out).", "",
+             "| method | weighted tau | top-1 regret | s / new task (built zoo, measured) |", "|---|---|---|---|"]
     for method, row in report["results"].items():
-        print(f"{method:22s} weighted tau {row['weighted_tau']:+.3f}  top-1 regret {row['top1_regret']:.3f}  "
-              f"{row['seconds_per_task']:.3f} s/task")
-    print(f"{report['models']} models x {report['tasks']} tasks; build {build_seconds:.0f} s, "
-          f"comparison {report['comparison_seconds']:.0f} s")
+        lines.append(f"| {method} | {row['weighted_tau']:.3f} | {row['top1_regret']:.3f} | "
+                     f"{row['seconds_per_task']:.3f} |")
+    lines += ["", "| ground truth | spread | std over models | seed noise | seed Kendall tau |", "|---|---|---|---|---|"]
+    for protocol, g in report["ground_truth"].items():
+        lines.append(f"| {protocol} | {g['spread']:.3f} | {g['std_over_models']:.3f} | {g['seed_noise']:.3f} | "
+                     f"{g['seed_kendall']:.3f} |")
+    real = report.get("real_scale")
+    if real:
+        lines += ["", f"Real scale (width 1, 224 px, {real['images']} images, random weights, compile excluded):", "",
+                  "| family | forward s per model (measured) |", "|---|---|"]
+        lines += [f"| {family} | {sec:.2f} |" for family, sec in real["forward_seconds_per_model_measured"].items()]
+        lines += ["", f"Estimators' forward passes over a zoo of {real['zoo_models']} full-size models: "
+                  f"{real['zoo_forward_seconds_summed']:.0f} s per task (per-model measurements summed), versus "
+                  f"{real['proxy_seconds_per_task_measured']:.1f} s for one proxy embedding (measured)."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

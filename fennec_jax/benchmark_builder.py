@@ -6,18 +6,20 @@ Model Spider. Each model is then fine-tuned on every target task (a full fine-tu
 linear probe on its frozen features, for ``seeds`` seeds each) and its test accuracy recorded::
 
     datasets = packaged_datasets(image_size=32)          # digits, faces, image patches
-    sources = default_sources(datasets, config)          # Task per source
-    targets = default_targets(datasets, config)          # Task per target (class sub-problems)
+    sources = default_sources(datasets)                  # Task per source
+    targets = default_targets(datasets)                  # Task per target (class sub-problems)
     result = build_benchmark(out_dir, spec, sources, targets, config)
 
 Training is vmapped: the models of one family share one parameter shape (every head is
 ``spec.head_classes`` wide; a task with fewer classes masks the extra logits), so their
-parameter trees are stacked and one jitted ``lax.scan`` trains them all (pre-training: each
-model on its own source; fine-tuning: all on the same target). One family therefore compiles
-one pre-training, one fine-tuning and one forward function, whatever the number of sources and
-targets.
+parameter trees are stacked and one jitted, vmapped Adam step trains them all. Pre-training:
+each model on its own source. Fine-tuning: every (target, seed, model) run of a group of
+``config.targets_per_group`` targets at once (the last group padded with repeats, so one compile
+serves every group). Depthwise convolutions (MobileNetV2, MNASNet) run as shifted
+multiply-adds (:func:`_depthwise_as_shifts`): XLA:CPU's vmapped grouped convolution and its
+gradient are several times slower.
 
-Stages and resume: each finished stage (``pretrain/FAMILY``, ``target/FAMILY/TASK``,
+Stages and resume: each finished stage (``pretrain/FAMILY``, ``target/FAMILY/groupNNN``,
 ``proxy/TASK``) is written atomically as ``OUT/stages/....npz``; a rerun loads finished stages
 and computes only the rest, so a killed run resumes at the last finished stage (``max_stages``
 stops a run on purpose after that many newly computed stages).
@@ -27,7 +29,9 @@ seeds), ``records_linear_probe.csv`` (the same for linear probes), ``runs.csv`` 
 both protocols), ``graphs.jsonl`` (each family's layer graph, :func:`fennec_jax.graphs.from_flax`),
 ``features/TASK/MODEL.npz`` (pre-trained models' features and source-head probabilities on the
 target's training examples, for the estimators), ``proxy.npz`` (MobileNetV2 task embeddings).
-:func:`compare_methods` then ranks the zoo for each target leave-one-task-out.
+:func:`compare_methods` then ranks the zoo for each target leave-one-task-out;
+:func:`ground_truth_summary` says how far the records rise above seed noise, and
+:func:`forward_seconds` times a full-size model's forward pass (an estimator's cost at real scale).
 
 Task data: :func:`packaged_datasets` uses real data that ships inside packages (scikit-learn's
 8x8 digits, scikit-image's LFW faces-vs-non-faces subset and patches of its sample photographs);
@@ -46,6 +50,7 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -70,6 +75,8 @@ __all__ = [
     "load_proxy_embeddings",
     "model_names",
     "pretrain_family",
+    "ground_truth_summary",
+    "forward_seconds",
     "finetune_accuracy",
 ]
 
@@ -140,22 +147,27 @@ class TrainConfig:
     """Sizes of the runs (all training is Adam on softmax cross-entropy, batch ``batch_size``).
 
     Attributes:
-      pretrain_steps, pretrain_lr: pre-training on the source task.
-      finetune_steps, finetune_lr: full fine-tune (all parameters, new zero head) per target.
+      pretrain_steps, pretrain_lr, batch_size: pre-training on the source task.
+      finetune_steps, finetune_lr, finetune_batch_size: full fine-tune (all parameters, new
+        zero head) per target.
       probe_steps, probe_lr: linear probe (full batch on frozen, standardised features).
       seeds: fine-tuning and probe seeds per (model, target).
-      batch_size: examples per step.
+      targets_per_group: targets whose fine-tunes (every model, every seed) train together
+        under one vmapped step; one resumable stage per group and family (the last group is
+        padded with repeats of its last target, so that one compile serves every group).
       seed: pre-training seed (initialisation and batch order).
     """
 
-    pretrain_steps: int = 300
+    pretrain_steps: int = 200
     pretrain_lr: float = 3e-3
-    finetune_steps: int = 40
+    batch_size: int = 32
+    finetune_steps: int = 20
     finetune_lr: float = 1e-3
+    finetune_batch_size: int = 16
     probe_steps: int = 200
     probe_lr: float = 1e-2
     seeds: int = 2
-    batch_size: int = 32
+    targets_per_group: int = 4
     seed: int = 0
 
 
@@ -171,6 +183,8 @@ class BuildResult:
       extract_seconds: ``{task: s}`` forward pass of every model over the task's training
         examples (compile excluded), for the estimators' cost.
       proxy_seconds: ``{task: s}`` MobileNetV2 embedding of the task's proxy examples.
+      finetune_runs, probe_runs: ``acc[T, M, seeds]`` test accuracy of every run (None when
+        incomplete).
     """
 
     complete: bool
@@ -179,6 +193,8 @@ class BuildResult:
     linear_probe: Records | None = None
     extract_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     proxy_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    finetune_runs: np.ndarray | None = None
+    probe_runs: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- data
@@ -339,13 +355,43 @@ def _masked(logits: jax.Array, num_classes) -> jax.Array:
     return jnp.where(jnp.arange(logits.shape[-1]) < num_classes, logits, _MASKED_LOGIT)
 
 
+def _depthwise_as_shifts(next_fun, args, kwargs, context):
+    """A flax method interceptor computing depthwise convolutions (``feature_group_count`` equal
+    to the input channels, one filter each) as a sum of ``kh * kw`` shifted, scaled slices of the
+    padded input: the same function and gradients, but XLA:CPU runs a vmapped grouped convolution
+    (and its backward pass) several times slower than these elementwise ops. Every other call
+    (and initialisation) goes through unchanged."""
+    module = context.module
+    if (context.method_name != "__call__" or not isinstance(module, nn.Conv) or module.feature_group_count == 1
+            or module.is_initializing() or not isinstance(module.padding, (tuple, list))
+            or module.kernel_dilation not in (None, 1, (1, 1)) or module.input_dilation not in (None, 1, (1, 1))):
+        return next_fun(*args, **kwargs)
+    x = args[0]
+    kernel = module.variables["params"]["kernel"]  # [kh, kw, 1, C]
+    if kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1] or module.feature_group_count != x.shape[-1]:
+        return next_fun(*args, **kwargs)
+    (kh, kw), (sh, sw) = kernel.shape[:2], (module.strides if isinstance(module.strides, (tuple, list))
+                                             else (module.strides or 1,) * 2)
+    padded = jnp.pad(x, ((0, 0), *[tuple(p) for p in module.padding], (0, 0)))
+    rows, cols = (padded.shape[1] - kh) // sh + 1, (padded.shape[2] - kw) // sw + 1
+    out = sum(padded[:, i:i + sh * (rows - 1) + 1:sh, j:j + sw * (cols - 1) + 1:sw, :] * kernel[i, j, 0]
+              for i in range(kh) for j in range(kw))
+    return out + module.variables["params"]["bias"] if module.use_bias else out
+
+
+def _apply(model, variables, images, **kwargs):
+    """``model.apply`` with depthwise convolutions computed by :func:`_depthwise_as_shifts`."""
+    with nn.intercept_methods(_depthwise_as_shifts):
+        return model.apply(variables, images, **kwargs)
+
+
 def _step(model, variables, opt_state, images, labels, num_classes, learning_rate, key):
     """One Adam step of one model on ``images[B, S, S, 3]``, ``labels[B]``; logits of classes
     ``>= num_classes`` masked. Returns ``(variables, opt_state)``."""
 
     def loss_fn(params):
-        logits, new = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images, train=True,
-                                  mutable=["batch_stats"], rngs={"dropout": key})
+        logits, new = _apply(model, {"params": params, "batch_stats": variables["batch_stats"]}, images, train=True,
+                             mutable=["batch_stats"], rngs={"dropout": key})
         loss = optax.softmax_cross_entropy_with_integer_labels(_masked(logits, num_classes), labels).mean()
         return loss, new["batch_stats"]
 
@@ -380,10 +426,11 @@ def _train(model, variables, images, labels, num_classes, batches, learning_rate
 
 
 @functools.lru_cache(maxsize=None)
-def _forward(model):
-    """Jitted ``(variables[M], images[N]) -> (logits[M, N, H], features[M, N, D])`` in eval mode."""
-    apply = lambda v, x: model.apply(v, x, train=False, return_features=True)
-    return jax.jit(jax.vmap(apply, in_axes=(0, None)))
+def _forward(model, shared_images: bool):
+    """Jitted ``(variables[M], images) -> (logits[M, N, H], features[M, N, D])`` in eval mode;
+    ``images[N, S, S, 3]`` shared by all models, or ``images[M, N, S, S, 3]`` one set per model."""
+    apply = lambda v, x: _apply(model, v, x, train=False, return_features=True)
+    return jax.jit(jax.vmap(apply, in_axes=(0, None if shared_images else 0)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -427,37 +474,51 @@ def pretrain_family(spec: ZooSpec, family: str, sources: Sequence[Task], config:
                   [t.num_classes for t in sources], batches, config.pretrain_lr, config.seed + 1)
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``acc[M]`` of ``logits[M, N, H]`` restricted to the first ``num_classes`` classes."""
-    return (np.argmax(logits[..., :num_classes], -1) == labels).mean(-1)
+def _accuracy(logits: np.ndarray, labels: np.ndarray, num_classes) -> np.ndarray:
+    """``acc[M]`` of ``logits[M, N, H]`` against ``labels[(M,) N]``, model m restricted to its first
+    ``num_classes[m]`` classes (or a shared int)."""
+    masked = np.where(np.arange(logits.shape[-1]) < np.reshape(num_classes, (-1, 1, 1)), logits, -np.inf)
+    return (np.argmax(masked, -1) == labels).mean(-1)
 
 
-def finetune_accuracy(spec: ZooSpec, family: str, pretrained, target: Task, config: TrainConfig,
-                      seed: int) -> np.ndarray:
-    """``acc[M]``: test accuracy of each stacked pre-trained model after a full fine-tune on
-    ``target`` (all parameters, zeroed head)."""
+def finetune_accuracy(spec: ZooSpec, family: str, pretrained, targets: Sequence[Task], config: TrainConfig) -> np.ndarray:
+    """``acc[G, seeds, M]``: test accuracy of each stacked pre-trained model after a full fine-tune
+    (all parameters, zeroed head) on each of ``targets`` (same train / test sizes) for each seed.
+    All ``G * seeds * M`` runs train together under one vmapped step; seed s draws the same
+    batch order for every model and target."""
+    sizes = {(t.train_x.shape, t.test_x.shape) for t in targets}
+    if len(sizes) != 1:
+        raise ValueError(f"targets: a fine-tuning group needs equal train / test shapes, got {sorted(sizes)}")
     model = spec.model(family)
     num_models = jax.tree_util.tree_leaves(pretrained)[0].shape[0]
-    rng = np.random.default_rng([seed, 7])
-    batches = _batches(rng, target.train_x.shape[0], config.finetune_steps, config.batch_size)
-    tuned = _train(model, jax.vmap(_zero_head)(pretrained), np.broadcast_to(target.train_x, (num_models, *target.train_x.shape)),
-                   np.broadcast_to(target.train_y, (num_models, *target.train_y.shape)), [target.num_classes] * num_models,
-                   np.broadcast_to(batches, (num_models, *batches.shape)), config.finetune_lr, seed)
-    logits, _ = _forward(model)(tuned, target.test_x)
-    return _accuracy(np.asarray(logits), target.test_y, target.num_classes)
+    runs = len(targets) * config.seeds  # run (g, s, m) = target g, seed s, model m, m fastest
+    per_run = lambda arrays: np.repeat(np.stack(arrays), config.seeds * num_models, 0)
+    variables = jax.tree_util.tree_map(lambda a: jnp.tile(a, (runs,) + (1,) * (a.ndim - 1)),
+                                       jax.vmap(_zero_head)(pretrained))
+    batches = np.stack([_batches(np.random.default_rng([s, 7]), targets[0].train_x.shape[0], config.finetune_steps,
+                                 config.finetune_batch_size) for s in range(config.seeds)])
+    num_classes = per_run([np.int32(t.num_classes) for t in targets])
+    tuned = _train(model, variables, per_run([t.train_x for t in targets]), per_run([t.train_y for t in targets]),
+                   num_classes, np.tile(np.repeat(batches, num_models, 0), (len(targets), 1, 1)), config.finetune_lr,
+                   config.seed + 2)
+    logits, _ = _forward(model, False)(tuned, per_run([t.test_x for t in targets]))
+    acc = _accuracy(np.asarray(logits), per_run([t.test_y for t in targets]), num_classes)
+    return acc.reshape(len(targets), config.seeds, num_models)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "learning_rate"))
-def _linear_probe(train_f, train_y, test_f, test_y, key, *, num_classes, steps, learning_rate):
-    """``acc[M]`` of softmax heads trained full-batch on ``train_f[M, N, D]`` (standardised with
-    the training statistics), tested on ``test_f[M, N', D]``."""
+@functools.partial(jax.jit, static_argnames=("width", "steps", "learning_rate"))
+def _linear_probe(train_f, train_y, test_f, test_y, key, num_classes, *, width, steps, learning_rate):
+    """``acc[M]`` of softmax heads ``width`` wide (logits ``>= num_classes`` masked, so one compile
+    serves every target) trained full-batch on ``train_f[M, N, D]`` (standardised with the
+    training statistics), tested on ``test_f[M, N', D]``."""
     mean, std = train_f.mean(1, keepdims=True), train_f.std(1, keepdims=True) + 1e-6
     train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
     opt = optax.adam(learning_rate)
 
     def fit(x, key):
-        w = {"w": 0.01 * jax.random.normal(key, (x.shape[-1], num_classes)), "b": jnp.zeros(num_classes)}
-        loss = lambda w: optax.softmax_cross_entropy_with_integer_labels(x @ w["w"] + w["b"], train_y).mean()
+        w = {"w": 0.01 * jax.random.normal(key, (x.shape[-1], width)), "b": jnp.zeros(width)}
+        loss = lambda w: optax.softmax_cross_entropy_with_integer_labels(
+            _masked(x @ w["w"] + w["b"], num_classes), train_y).mean()
 
         def step(carry, _):
             w, state = carry
@@ -468,7 +529,7 @@ def _linear_probe(train_f, train_y, test_f, test_y, key, *, num_classes, steps, 
         return w
 
     heads = jax.vmap(fit)(train_f, jax.random.split(key, train_f.shape[0]))
-    logits = jnp.einsum("mnd,mdc->mnc", test_f, heads["w"]) + heads["b"][:, None]
+    logits = _masked(jnp.einsum("mnd,mdc->mnc", test_f, heads["w"]) + heads["b"][:, None], num_classes)
     return (jnp.argmax(logits, -1) == test_y).mean(-1)
 
 
@@ -598,12 +659,13 @@ def build_benchmark(out_dir: str, spec: ZooSpec, sources: Sequence[Task], target
             stage = run_stage(f"pretrain/{family}", lambda: _flatten(pretrain_family(spec, family, sources, config)))
             pretrained = _unflatten(like, stage)
             cols = slice(f * num_sources, (f + 1) * num_sources)
-            for t, target in enumerate(targets):
-                out = run_stage(f"target/{family}/{target.name}",
-                                lambda: _target_stage(out_dir, spec, family, pretrained, sources, target, config,
-                                                      models[cols]))
-                finetune[t, cols], probe[t, cols] = out["finetune"], out["probe"]
-                extract_seconds[target.name] += float(out["extract_seconds"])
+            for g, group in enumerate(_groups(len(targets), config.targets_per_group)):
+                out = run_stage(f"target/{family}/group{g:03d}",
+                                lambda: _target_stage(out_dir, spec, family, pretrained, sources,
+                                                      [targets[t] for t in group], config, models[cols]))
+                for i, t in enumerate(group[:len(set(group))]):
+                    finetune[t, cols], probe[t, cols] = out["finetune"][i], out["probe"][i]
+                    extract_seconds[targets[t].name] += float(out["extract_seconds"])
         proxy_seconds = {}
         if proxy is not None:
             embeddings = []
@@ -622,34 +684,55 @@ def build_benchmark(out_dir: str, spec: ZooSpec, sources: Sequence[Task], target
     records = records_from_matrix(models, task_names, finetune.mean(-1), model_meta=model_meta, task_meta=task_meta)
     linear = records_from_matrix(models, task_names, probe.mean(-1), model_meta=model_meta, task_meta=task_meta)
     _write_outputs(out_dir, spec, sources[0].image_size, models, task_names, finetune, probe)
-    return BuildResult(True, computed, records, linear, extract_seconds, proxy_seconds)
+    return BuildResult(True, computed, records, linear, extract_seconds, proxy_seconds, finetune, probe)
 
 
-def _target_stage(out_dir, spec, family, pretrained, sources, target, config, models) -> dict[str, np.ndarray]:
-    """Features (saved per model), linear-probe and fine-tune accuracies ``[M_family, seeds]``."""
-    forward = _forward(spec.model(family))
-    jax.block_until_ready(forward(pretrained, target.train_x[:1]))  # compile (or cache hit) outside the timing
+def _groups(num_targets: int, size: int) -> list[list[int]]:
+    """Target indices in groups of ``size``, the last one padded with repeats of its last index."""
+    if size < 1:
+        raise ValueError(f"config.targets_per_group: expected >= 1, got {size}")
+    groups = [list(range(i, min(i + size, num_targets))) for i in range(0, num_targets, size)]
+    groups[-1] += [groups[-1][-1]] * (size - len(groups[-1])) if len(groups) > 1 else []
+    return groups
+
+
+def _target_stage(out_dir, spec, family, pretrained, sources, targets, config, models) -> dict[str, np.ndarray]:
+    """For a group of targets: the pre-trained models' features (saved per model and target),
+    linear-probe and fine-tune accuracies ``[G, M_family, seeds]``, and the seconds of a forward
+    pass of every model over one target's training examples (compile excluded)."""
+    model = spec.model(family)
+    forward = _forward(model, True)
+    jax.block_until_ready(forward(pretrained, targets[0].train_x))  # compile (or cache hit) outside the timing
     start = time.perf_counter()
-    logits, train_f = forward(pretrained, target.train_x)
-    logits, train_f = np.asarray(logits), np.asarray(train_f)
+    jax.block_until_ready(forward(pretrained, targets[0].train_x))
     extract = time.perf_counter() - start
-    _, test_f = forward(pretrained, target.test_x)
-    for m, (name, source) in enumerate(zip(models, sources)):
-        source_logits = logits[m, :, :source.num_classes].astype(np.float64)
-        probs = np.exp(source_logits - source_logits.max(-1, keepdims=True))
-        features_lib.save_features(os.path.join(out_dir, "features", target.name, f"{name}.npz"),
-                                   train_f[m], target.train_y, (probs / probs.sum(-1, keepdims=True)).astype(np.float32))
-    seeds = range(config.seeds)
-    probe = np.stack([np.asarray(_linear_probe(train_f, target.train_y, test_f, target.test_y, _keys(s, 1)[0],
-                                               num_classes=target.num_classes, steps=config.probe_steps,
-                                               learning_rate=config.probe_lr)) for s in seeds], -1)
-    tuned = np.stack([finetune_accuracy(spec, family, pretrained, target, config, s) for s in seeds], -1)
-    return {"finetune": tuned, "probe": probe, "extract_seconds": np.float64(extract)}
+    probe = []
+    for target in targets:
+        logits, train_f = (np.asarray(a) for a in forward(pretrained, target.train_x))
+        _, test_f = forward(pretrained, target.test_x)
+        for m, (name, source) in enumerate(zip(models, sources)):
+            source_logits = logits[m, :, :source.num_classes].astype(np.float64)
+            probs = np.exp(source_logits - source_logits.max(-1, keepdims=True))
+            features_lib.save_features(os.path.join(out_dir, "features", target.name, f"{name}.npz"), train_f[m],
+                                       target.train_y, (probs / probs.sum(-1, keepdims=True)).astype(np.float32))
+        probe.append(np.stack([np.asarray(_linear_probe(
+            train_f, target.train_y, test_f, target.test_y, _keys(s, 1)[0], target.num_classes,
+            width=spec.head_classes, steps=config.probe_steps, learning_rate=config.probe_lr))
+            for s in range(config.seeds)], -1))
+    tuned = finetune_accuracy(spec, family, pretrained, targets, config)  # [G, seeds, M]
+    return {"finetune": tuned.transpose(0, 2, 1), "probe": np.stack(probe), "extract_seconds": np.float64(extract)}
 
 
 @functools.lru_cache(maxsize=None)
 def _proxy_forward(apply_fn):
-    return jax.jit(lambda params, images: apply_fn(params, images)[0])
+    """Jitted proxy features, depthwise convolutions as in :func:`_apply` (the same fast path as
+    the candidates' forward passes, so their costs compare)."""
+
+    def features(params, images):
+        with nn.intercept_methods(_depthwise_as_shifts):
+            return apply_fn(params, images)[0]
+
+    return jax.jit(features)
 
 
 def _proxy_stage(proxy, target: Task, num_examples: int, batch_size: int = 32) -> dict[str, np.ndarray]:
@@ -685,6 +768,47 @@ def _write_outputs(out_dir, spec, image_size, models, tasks, finetune, probe) ->
                      for family in spec.families}
     zoo = [dataclasses.replace(family_graphs[m.split("@")[0]], name=m) for m in models]
     graphs.save_jsonl(zoo, os.path.join(out_dir, "graphs.jsonl"))
+
+
+# ----------------------------------------------------------------------------- ground truth and cost
+
+
+def ground_truth_summary(runs: np.ndarray) -> dict[str, float]:
+    """How informative ``acc[T, M, seeds]`` (e.g. :attr:`BuildResult.finetune_runs`) is as ground truth:
+    ``spread`` (median over tasks of max - min of the seed-mean accuracy over models),
+    ``std_over_models`` (median over tasks), ``seed_noise`` (median |seed 0 - seed 1|), and
+    ``seed_kendall`` (mean over tasks of Kendall's tau between seed 0's and seed 1's accuracies
+    across models: whether the ranking is reproducible rather than noise; NaN for one seed)."""
+    runs = np.asarray(runs, np.float64)
+    if runs.ndim != 3:
+        raise ValueError(f"runs: expected acc[T, M, seeds], got shape {runs.shape}")
+    mean = runs.mean(-1)
+    summary = {"spread": float(np.median(mean.max(1) - mean.min(1))),
+               "std_over_models": float(np.median(mean.std(1))),
+               "seed_noise": float("nan"), "seed_kendall": float("nan")}
+    if runs.shape[-1] > 1:
+        summary["seed_noise"] = float(np.median(np.abs(runs[..., 0] - runs[..., 1])))
+        summary["seed_kendall"] = float(np.nanmean(np.asarray(metrics.kendall_tau(runs[..., 0], runs[..., 1]))))
+    return summary
+
+
+def forward_seconds(family: str, num_images: int, *, image_size: int = 224, width: float = 1.0,
+                    num_classes: int = 1000, batch_size: int = 32, seed: int = 0) -> float:
+    """Seconds of an eval-mode forward pass of one ``family`` model (random weights: the same
+    FLOPs as trained ones) over ``num_images`` images ``image_size`` wide, in batches of
+    at most ``batch_size`` (equal batches, so at most ``batches - 1`` padded images), compile
+    excluded: the cost one candidate adds to a forward-pass estimator at real scale."""
+    model = architectures.build(family, num_classes, width)
+    size = max(image_size, architectures.min_input_size(family))
+    variables = jax.jit(model.init)(_keys(seed, 1)[0], jnp.zeros((1, size, size, 3), jnp.float32))
+    forward = jax.jit(lambda v, x: _apply(model, v, x, train=False, return_features=True))
+    batches = -(-num_images // batch_size)
+    batch = jax.random.uniform(_keys(seed + 1, 1)[0], (-(-num_images // batches), size, size, 3))
+    jax.block_until_ready(forward(variables, batch))  # compile
+    start = time.perf_counter()
+    for _ in range(batches):
+        jax.block_until_ready(forward(variables, batch))
+    return time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------- comparison
