@@ -306,7 +306,7 @@ def _fit_forests(x: np.ndarray, y: np.ndarray, mask: np.ndarray, seed: int, tree
     """One random forest per column of y[M, D], on that column's observed rows (per-task
     forests rank clearly better than one multi-output forest: 0.607 vs 0.588 mean Kendall
     tau on NAS-Bench-Graph at n = 1000)."""
-    from sklearn.ensemble import RandomForestRegressor  # optional dependency, imported on use
+    from sklearn.ensemble import RandomForestRegressor  # imported on use: sklearn is slow to import
 
     return [
         RandomForestRegressor(n_estimators=trees, max_features=0.3, min_samples_leaf=2, random_state=seed)

@@ -462,7 +462,8 @@ def pretrain(
     seed: int = 0,
     meta: np.ndarray | None = None,
 ) -> tuple[Archi2VecModel, np.ndarray]:
-    """Self-supervised training on a zoo's graphs alone (WL label prediction, module docstring).
+    """Self-supervised training on a zoo's graphs alone, with ``config.ssl_objective``: WL label
+    prediction (``"wl"``) or NT-Xent over two `augment`ed views (``"contrastive"``).
 
     Returns:
       (model, losses[steps, ensemble]): a model with ``num_outputs = 0`` whose encoder
