@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 import fennec_jax
 from fennec_jax.transfer_space import FeatureEncoder, ProxyMap, SpaceConfig, TransferSpace
 
-__all__ = ["CheckpointError", "FORMAT", "save_space", "restore_space", "save_arrays", "restore_arrays"]
+__all__ = ["CheckpointError", "FORMAT", "save_space", "restore_space", "save_arrays", "restore_arrays", "stored_format"]
 
 FORMAT = "fennec_jax.transfer_space/1"
 _ARRAYS = ("model_vecs", "model_bias", "task_vecs", "task_bias", "prior_vec", "dataset_priors", "source_datasets",
@@ -90,13 +90,8 @@ def restore_arrays(path: str, fmt: str, kind: str) -> tuple[dict, dict[str, np.n
     ``kind`` checkpoint), the package version, the arrays' names, dtypes and shapes, and the
     checksum. Any failure raises :class:`CheckpointError` naming the path and the problem."""
     path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no checkpoint folder")
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    try:
-        meta = checkpointer.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # noqa: BLE001 - any orbax/JSON failure means an unreadable checkpoint
-        raise CheckpointError(f"{path}: unreadable checkpoint metadata ({type(e).__name__}: {e})") from None
+    meta = _read_meta(path, checkpointer)
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path}: not a {kind} checkpoint (format {found!r}, expected {fmt!r})")
@@ -144,6 +139,23 @@ def _space_from_parts(meta: dict, arrays: dict[str, np.ndarray]) -> TransferSpac
         **{name: arrays[name] for name in _ARRAYS},
         **maps,
     )
+
+
+def stored_format(path: str) -> str | None:
+    """The format tag of the checkpoint folder ``path`` (e.g. :data:`FORMAT`), None if its
+    metadata has none; :class:`CheckpointError` if there is no readable checkpoint."""
+    path = os.path.abspath(path)
+    meta = _read_meta(path, ocp.Checkpointer(ocp.CompositeCheckpointHandler()))
+    return meta.get("format") if isinstance(meta, dict) else None
+
+
+def _read_meta(path: str, checkpointer: ocp.Checkpointer):
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no checkpoint folder")
+    try:
+        return checkpointer.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - any orbax/JSON failure means an unreadable checkpoint
+        raise CheckpointError(f"{path}: unreadable checkpoint metadata ({type(e).__name__}: {e})") from None
 
 
 def arrays_checksum(meta: dict, arrays: dict[str, np.ndarray]) -> str:

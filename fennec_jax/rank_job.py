@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable, Sequence
 
 import fennec_jax
-from fennec_jax import atomic_io, checkpoint, evaluation
+from fennec_jax import atomic_io, checkpoint, evaluation, spider
 from fennec_jax.data import Benchmark
 from fennec_jax.methods import RankingMethod
 from fennec_jax.ranking import rank_tasks, task_shards
@@ -60,13 +60,25 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+# State types rank_all checkpoints and reuses: (type, save, restore, format tag).
+_CHECKPOINTED = (
+    (TransferSpace, checkpoint.save_space, checkpoint.restore_space, checkpoint.FORMAT),
+    (spider.SpiderState, spider.save_spider, spider.restore_spider, spider.FORMAT),
+)
+
+
 def _fit_or_restore(bench: Benchmark, method: RankingMethod, ckpt_dir: str, resume: bool):
-    """The method's state on all records; vector methods' spaces are checkpointed and reused."""
+    """The method's state on all records; transfer spaces and spider states are checkpointed
+    and reused when the job resumes (other methods' fits are cheap and rerun)."""
     if resume and os.path.exists(ckpt_dir):
-        return checkpoint.restore_space(ckpt_dir)
+        stored = checkpoint.stored_format(ckpt_dir)
+        for _, _, restore, fmt in _CHECKPOINTED:
+            if fmt == stored:
+                return restore(ckpt_dir)
     state = method.fit(bench.records, seed=0)
-    if isinstance(state, TransferSpace):
-        checkpoint.save_space(ckpt_dir, state, overwrite=True)
+    for state_type, save, _, _ in _CHECKPOINTED:
+        if isinstance(state, state_type):
+            save(ckpt_dir, state, overwrite=True)
     return state
 
 

@@ -108,3 +108,31 @@ def test_rank_all_program_reports_bad_records_in_one_line(tmp_path):
     assert done.returncode == 1
     assert f"error: {bad}: line 3: score 'oops' is not a number" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_spider_state_is_checkpointed_and_reused_on_resume(tmp_path):
+    import fennec_jax as fj
+    from fennec_jax import checkpoint, spider
+
+    rng = np.random.default_rng(0)
+    scores = 70 + 5 * (np.linspace(2, -2, 8)[None, :] + 0.3 * rng.standard_normal((10, 8)))
+    records = fj.records_from_matrix([f"m{i}" for i in range(8)], [f"t{i}" for i in range(10)], scores)
+    bench = fj.as_benchmark(records, name="tiny", targets=("t0", "t1"))
+    method = spider.Spider(config=spider.SpiderConfig(d=8, heads=2, steps=100, rerank_choices=(0, 2),
+                                                      train_probes=(0, 3), valid_probes=(0, 3), valid_draws=2))
+    job = RankJob(method="spider", eval_seeds=1)
+    run_rank_job([bench], method, job, str(tmp_path))
+    first = (tmp_path / "rankings.csv").read_text()
+    ckpt = tmp_path / "checkpoints" / "tiny"
+    assert checkpoint.stored_format(str(ckpt)) == spider.FORMAT
+
+    # Resume after a kill: the shard and the final files are gone, the fit must not rerun.
+    os.remove(tmp_path / "parts" / "tiny" / "shard-00000.csv")
+    os.remove(tmp_path / "rankings.csv")
+
+    class NoFit(spider.Spider):
+        def fit(self, history, seed=0):
+            raise AssertionError("refitted although a checkpoint exists")
+
+    run_rank_job([bench], NoFit(config=method.config), job, str(tmp_path))
+    assert (tmp_path / "rankings.csv").read_text() == first
