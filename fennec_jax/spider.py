@@ -554,9 +554,10 @@ def _validate(state, history, design, held, choices, rng) -> list[float]:
                 valid[chosen] = False
                 trues.append(design.target[t])
                 valids.append(valid)
+    first = _first_stage(state, evidences)  # the same for every R: computed once
     out = []
     for r in choices:
-        pred = score_tasks(dataclasses.replace(state, rerank=r), evidences)
+        pred = _reranked(state, first, r)
         taus = np.asarray(metrics.weighted_tau(np.stack(trues), pred, np.stack(valids)))
         out.append(float(np.nanmean(taus)))
     return out
@@ -606,14 +607,24 @@ def score_tasks(state: SpiderState, evidences: Sequence[TaskEvidence]) -> np.nda
     (:func:`fennec_jax.engine.score_matrix`), then the top ``state.rerank`` re-ranked."""
     if not evidences:
         return np.zeros((0, len(state.models)))
-    net = state.net
-    tokens, bias = _model_tokens(net, state.params, state.side)
+    return _reranked(state, _first_stage(state, evidences), state.rerank)
+
+
+def _first_stage(state: SpiderState, evidences: Sequence[TaskEvidence]):
+    """``(tokens[M, d], bias[M], batch, s1[B, M])``: the first-stage scores of a batch of tasks
+    and what re-ranking needs of them."""
+    tokens, bias = _model_tokens(state.net, state.params, state.side)
     batch = _evidence_batch(state, evidences)
-    h = _head(net, state.params, tokens, batch)
-    s1 = engine.score_matrix(tokens, h, model_bias=bias)
-    r = min(state.rerank, len(state.models))
+    h = _head(state.net, state.params, tokens, batch)
+    return tokens, bias, batch, engine.score_matrix(tokens, h, model_bias=bias)
+
+
+def _reranked(state: SpiderState, first, rerank: int) -> np.ndarray:
+    """``scores[B, M]``: the first stage ``first`` with its top ``rerank`` re-ranked."""
+    tokens, bias, batch, s1 = first
+    r = min(rerank, len(state.models))
     if r:
-        s1 = _rerank_jit(net, state.params, tokens, bias, batch, s1, r)
+        s1 = _rerank_jit(state.net, state.params, tokens, bias, batch, s1, r)
     return np.asarray(s1, dtype=np.float64)
 
 
