@@ -1,4 +1,5 @@
-"""What the programs in experiments/ share: turning a user's records file into a benchmark."""
+"""What the programs in experiments/ share: turning a user's records file into a benchmark, and
+looking up methods and benchmarks by the names given in flags."""
 
 import os
 import sys
@@ -17,3 +18,12 @@ def records_benchmark(path: str, model_meta: str | None, task_meta: str | None) 
     if records.dropped:
         print(f"dropped on purpose: {dict(records.dropped)}")
     return as_benchmark(records, name=os.path.splitext(os.path.basename(path))[0])
+
+
+def by_name(lookup, name: str, flag: str):
+    """``lookup(name)`` (e.g. ``get_method``, ``load_benchmark``); an unknown name ends the
+    program with one clear line naming the flag and the choices, and exit status 1."""
+    try:
+        return lookup(name)
+    except ValueError as err:
+        sys.exit(f"error: --{flag}: {err}")

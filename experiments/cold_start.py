@@ -28,6 +28,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from cli import by_name  # experiments/cli.py, beside this program
 from fennec_jax import arch_baselines, archi2vec, architectures, atomic_io
 from fennec_jax.benchmarks import load_benchmark
 from fennec_jax.transfer_space import Fennec, select_models
@@ -62,6 +63,11 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    # Names and columns checked before the minutes of pre-training, not after.
+    zoo_records = {name: by_name(load_benchmark, name, "benchmark").records for name in _BENCHMARK.value}
+    for name, records in zoo_records.items():
+        if "family" not in records.model_meta:
+            raise app.UsageError(f"--benchmark={name}: its records have no model metadata column 'family'")
     start = time.perf_counter()
     zoo = {name: architectures.graph(name) for name in architectures.ARCHITECTURES}
     config = dataclasses.replace(ENCODER, ssl_objective=_SSL.value, pretrain_epochs=_PRETRAIN_EPOCHS.value)
@@ -69,10 +75,7 @@ def main(argv):
     print(f"encoder: {_SSL.value} pre-training on {len(zoo)} traced architectures, {len(losses)} steps, "
           f"loss {losses[0].mean():.3f} -> {losses[-1].mean():.3f} ({time.perf_counter() - start:.1f} s)")
 
-    for benchmark in _BENCHMARK.value:
-        records = load_benchmark(benchmark).records
-        if "family" not in records.model_meta:
-            raise app.UsageError(f"--benchmark={benchmark}: its records have no model metadata column 'family'")
+    for benchmark, records in zoo_records.items():
         family = np.asarray(records.model_meta["family"]).astype(str)
         covered = np.isin(family, list(zoo))
         missing = sorted(set(family[~covered].tolist()))

@@ -18,7 +18,7 @@ from fennec_jax import atomic_io, evaluation
 from fennec_jax.benchmarks import load_benchmark
 from fennec_jax.methods import get_method
 
-from cli import records_benchmark  # experiments/cli.py, beside this program
+from cli import by_name, records_benchmark  # experiments/cli.py, beside this program
 
 _BENCHMARK = flags.DEFINE_list("benchmark", None, "Bundled benchmark name(s), comma separated.")
 _RECORDS = flags.DEFINE_string("records", None, "A long table model,task,score[,seed][,split] (CSV or Parquet).")
@@ -44,11 +44,11 @@ def main(argv):
         raise app.UsageError(f"--probes must be integers, got {_PROBES.value}") from None
     if any(k < 0 for k in probes):
         raise app.UsageError(f"--probes must be >= 0, got {probes}")
-    methods = {name: get_method(name) for name in _METHODS.value}
+    methods = {name: by_name(get_method, name, "methods") for name in _METHODS.value}
     if _RECORDS.value:
         benchmarks = [records_benchmark(_RECORDS.value, _MODEL_META.value, _TASK_META.value)]
     else:
-        benchmarks = [load_benchmark(name) for name in _BENCHMARK.value]
+        benchmarks = [by_name(load_benchmark, name, "benchmark") for name in _BENCHMARK.value]
     for bench in benchmarks:
         out = _OUT.value if len(benchmarks) == 1 else os.path.join(_OUT.value, bench.name)
         start = time.perf_counter()

@@ -19,7 +19,7 @@ from fennec_jax.benchmarks import benchmark_names, load_benchmark
 from fennec_jax.methods import get_method
 from fennec_jax.rank_job import RankJob, file_digest, run_rank_job
 
-from cli import records_benchmark  # experiments/cli.py, beside this program
+from cli import by_name, records_benchmark  # experiments/cli.py, beside this program
 
 _BENCHMARKS = flags.DEFINE_list("benchmarks", None, "Bundled benchmarks (default: all).")
 _RECORDS = flags.DEFINE_string("records", None, "Rank a user's records table instead of bundled data.")
@@ -37,14 +37,14 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
         logging.set_verbosity(logging.WARNING)
-    method = get_method(_METHOD.value)
+    method = by_name(get_method, _METHOD.value, "method")
     if _RECORDS.value:
         if _BENCHMARKS.value:
             raise app.UsageError("give --records or --benchmarks, not both")
         benchmarks = [records_benchmark(_RECORDS.value, _MODEL_META.value, _TASK_META.value)]
         source = "records:" + file_digest(_RECORDS.value)
     else:
-        benchmarks = [load_benchmark(name) for name in (_BENCHMARKS.value or benchmark_names())]
+        benchmarks = [by_name(load_benchmark, name, "benchmarks") for name in (_BENCHMARKS.value or benchmark_names())]
         source = "bundled"
     job = RankJob(method=_METHOD.value, top_k=_TOP_K.value, shard_size=_SHARD_SIZE.value,
                   eval_probes=_EVAL_PROBES.value, eval_seeds=_EVAL_SEEDS.value, source=source)

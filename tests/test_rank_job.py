@@ -110,6 +110,18 @@ def test_rank_all_program_reports_bad_records_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
+
+def test_rank_all_program_reports_an_unknown_method_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "rank_all.py")
+    done = subprocess.run([sys.executable, script, "--method=spidr", f"--out={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "error: --method: unknown method 'spidr'; choose from" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
 def test_spider_state_is_checkpointed_and_reused_on_resume(tmp_path):
     import fennec_jax as fj
     from fennec_jax import checkpoint, spider
