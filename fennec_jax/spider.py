@@ -79,7 +79,7 @@ __all__ = [
     "FORMAT",
 ]
 
-FORMAT = "fennec_jax.spider/1"
+FORMAT = "fennec_jax.spider/2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +98,8 @@ class SpiderConfig:
       valid_fraction: fraction of history tasks held out to choose R (at least one).
       valid_probes: values of k scored on the held-out tasks.
       valid_draws: probe draws per (held-out task, k > 0).
+      adapt_probes: after the head, move the task vector by ridge regression so that the probe
+        models' scores fit the probes' z-scores (strength and scale learned with the rest).
     """
 
     d: int = 16
@@ -110,6 +112,7 @@ class SpiderConfig:
     valid_fraction: float = 0.25
     valid_probes: tuple[int, ...] = (0, 1, 3)
     valid_draws: int = 3
+    adapt_probes: bool = True
 
     def __post_init__(self):
         for name in ("d", "heads", "steps", "valid_draws"):
@@ -164,6 +167,7 @@ class _SpiderNet(nn.Module):
     proxy_width: int  # width of proxy features (0: none)
     d: int
     heads: int
+    adapt_probes: bool
 
     def setup(self):
         small = nn.initializers.normal(0.1)
@@ -187,6 +191,9 @@ class _SpiderNet(nn.Module):
                                                          out_features=self.d)
         self.norm = nn.LayerNorm()
         self.head = nn.Dense(self.d)
+        if self.adapt_probes:
+            self.log_gain = self.param("log_gain", nn.initializers.zeros, (1,))
+            self.log_l2 = self.param("log_l2", nn.initializers.zeros, (1,))
 
     def model_tokens(self, side):
         """``(tokens[M, d], bias[M])`` from ``side`` = {source[M, N], model_side[M, Pm], table[M, F]}."""
@@ -226,7 +233,31 @@ class _SpiderNet(nn.Module):
         parts, valid = jnp.concatenate(parts, 1), jnp.concatenate(valid, 1)
         query = jnp.broadcast_to(self.query, (b, 1, self.d))
         attended = self.attention(query, parts, mask=valid[:, None, None, :])
-        return self.head(self.norm(query + attended)[:, 0])
+        h = self.head(self.norm(query + attended)[:, 0])
+        if not self.adapt_probes:
+            return h
+        return _adapt_to_probes(h, tokens[batch["probe_idx"]], self.model_bias[batch["probe_idx"]],
+                                batch["probe_z"], batch["probe_ok"], jnp.exp(self.log_gain[0]), jnp.exp(self.log_l2[0]))
+
+
+def _adapt_to_probes(h, probe_tokens, probe_bias, probe_z, probe_ok, gain, l2):
+    """``h'[B, d]``: the head's task vectors ``h[B, d]`` moved, by ridge regression toward ``h``,
+    so that the probes' first-stage scores fit their observed z-scores.
+
+    With ``x[B, K, d]`` the probe tokens centred over the probes of each task (masked by
+    ``probe_ok[B, K]``) and targets ``y = gain * probe_z - bias`` (an
+    unpenalised offset absorbs the probes' mean, so ``y`` is centred too),
+    ``h' = argmin_v ||y - x v||^2 + l2 ||v - h||^2 = h + x^T (x x^T + l2 I_K)^-1 (y - x h)``
+    (the K x K form: K probes, K << d is the usual case). With fewer than 2 probes ``x`` and
+    ``y`` are 0 and ``h' = h``."""
+    w = probe_ok.astype(h.dtype)
+    n = jnp.maximum(w.sum(1, keepdims=True), 1.0)
+    x = (probe_tokens - (probe_tokens * w[..., None]).sum(1, keepdims=True) / n[..., None]) * w[..., None]
+    y = gain * probe_z - probe_bias
+    y = (y - (y * w).sum(1, keepdims=True) / n) * w  # centred: the offset is not penalised
+    resid = y - jnp.einsum("bkd,bd->bk", x, h)
+    gram = jnp.einsum("bkd,bjd->bkj", x, x) + l2 * jnp.eye(x.shape[1], dtype=h.dtype)
+    return h + jnp.einsum("bkd,bk->bd", x, jnp.linalg.solve(gram, resid[..., None])[..., 0])
 
 
 def _empty_batch(b: int, widths: Mapping[str, int], k: int = 0, r: int = 0, c: int = 0) -> dict:
@@ -374,7 +405,7 @@ def _network(num_models: int, widths: Mapping[str, int], model_side: int, table_
              config: SpiderConfig) -> _SpiderNet:
     return _SpiderNet(num_models=num_models, num_datasets=widths["num_datasets"], model_side=model_side,
                       table_width=table_width, task_side=widths["task_side"], proxy_width=widths["proxy_width"],
-                      d=config.d, heads=config.heads)
+                      d=config.d, heads=config.heads, adapt_probes=config.adapt_probes)
 
 
 def _init(net: _SpiderNet, design: _Design, widths, key):
@@ -683,6 +714,14 @@ class Spider:
 
     def score(self, state: SpiderState, evidence: TaskEvidence) -> np.ndarray:
         return score_tasks(state, [evidence])[0]
+
+
+@register("spider_wide")
+def _spider_wide(**overrides) -> Spider:
+    """``spider`` with wider tokens trained longer: d = 32, 1000 Adam steps, lr 0.005
+    (``overrides``: other :class:`SpiderConfig` fields)."""
+    config = SpiderConfig(**{"d": 32, "steps": 1000, "learning_rate": 0.005, **overrides})
+    return Spider(config=config, name="spider_wide")
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -170,3 +170,25 @@ def test_registered_spider_in_leave_one_task_out():
     spider_tau = report["results"]["spider"]["0"]["mean"]["weighted_tau"]
     random_tau = report["results"]["random"]["0"]["mean"]["weighted_tau"]
     assert spider_tau > 0.8 > random_tau
+
+
+def test_probe_adaptation_is_the_ridge_solution():
+    """`_adapt_to_probes` equals the d x d ridge solution computed directly in NumPy, fits the
+    probes' z-scores (up to an offset) as l2 -> 0, and leaves h alone with < 2 probes."""
+    rng = np.random.default_rng(5)
+    b, k, d = 3, 4, 6
+    h = rng.standard_normal((b, d))
+    tokens, bias = rng.standard_normal((b, k, d)), rng.standard_normal((b, k))
+    z = rng.standard_normal((b, k))
+    ok = np.array([[True] * 4, [True, True, True, False], [True, False, False, False]])
+    gain, l2 = 1.7, 0.3
+    got = np.asarray(spider._adapt_to_probes(h, tokens, bias, z, ok, gain, l2))
+    for i in range(b):
+        x = tokens[i][ok[i]] - tokens[i][ok[i]].mean(0)
+        y = gain * z[i][ok[i]] - (bias[i][ok[i]] - bias[i][ok[i]].mean())
+        want = np.linalg.solve(x.T @ x + l2 * np.eye(d), x.T @ y + l2 * h[i]) if ok[i].sum() > 1 else h[i]
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[2], h[2])  # one probe: unchanged
+    exact = np.asarray(spider._adapt_to_probes(h[:1], tokens[:1], bias[:1], z[:1], ok[:1], gain, 1e-6))
+    fitted = tokens[0] @ exact[0] + bias[0]
+    np.testing.assert_allclose(fitted - fitted.mean(), gain * z[0] - gain * z[0].mean(), atol=1e-3)
