@@ -24,6 +24,9 @@ trained with a listwise ranking loss over historical tasks. Here:
   here it is the read-out instead, so a task's scores are one dot product per model: the
   first stage is computed by the batch engine (:func:`fennec_jax.engine.score_matrix`) and
   scales to millions of models.
+* **Probe adaptation** (``config.adapt_probes``): with k >= 2 probes, ``h`` is then moved by
+  ridge regression toward it so that the probes' scores fit their z-scores (a K x K solve;
+  the ridge strength and the z-score gain are learned parameters, trained through the solve).
 * **Re-ranking**: the top-R models of the first stage become extra parts (their tokens and
   first-stage scores, z-scored among the R), the head is applied again and only those R are
   re-ordered; they stay ranked above every other model, whose order is unchanged. R is
