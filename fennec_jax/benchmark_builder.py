@@ -698,17 +698,19 @@ def _groups(num_targets: int, size: int) -> list[list[int]]:
 
 def _target_stage(out_dir, spec, family, pretrained, sources, targets, config, models) -> dict[str, np.ndarray]:
     """For a group of targets: the pre-trained models' features (saved per model and target),
-    linear-probe and fine-tune accuracies ``[G, M_family, seeds]``, and the seconds of a forward
-    pass of every model over one target's training examples (compile excluded)."""
+    fine-tune accuracies ``[G, M_family, seeds]`` (padding repeats included, see :func:`_groups`),
+    linear-probe accuracies of the distinct targets, and the seconds of a forward pass of every
+    model over one target's training examples (compile excluded)."""
     model = spec.model(family)
     forward = _forward(model, True)
     jax.block_until_ready(forward(pretrained, targets[0].train_x))  # compile (or cache hit) outside the timing
     start = time.perf_counter()
-    jax.block_until_ready(forward(pretrained, targets[0].train_x))
+    first = jax.block_until_ready(forward(pretrained, targets[0].train_x))
     extract = time.perf_counter() - start
+    distinct = targets[: len({id(t) for t in targets})]  # padding repeats the last target at the end
     probe = []
-    for target in targets:
-        logits, train_f = (np.asarray(a) for a in forward(pretrained, target.train_x))
+    for i, target in enumerate(distinct):
+        logits, train_f = (np.asarray(a) for a in (first if i == 0 else forward(pretrained, target.train_x)))
         _, test_f = forward(pretrained, target.test_x)
         for m, (name, source) in enumerate(zip(models, sources)):
             source_logits = logits[m, :, :source.num_classes].astype(np.float64)
