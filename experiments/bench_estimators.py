@@ -44,7 +44,7 @@ import scipy.stats  # noqa: E402
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fennec_jax import estimators  # noqa: E402
+from fennec_jax import atomic_io, estimators  # noqa: E402
 
 _MODELS = flags.DEFINE_integer("models", 64, "Candidate models M.")
 _N = flags.DEFINE_integer("n", 1000, "Target samples N.")
@@ -499,12 +499,6 @@ def bench_one(name, features_list, labels, probs_list, device_inputs, repeats,
             "numpy_models_timed": len(timed), "max_abs_diff_vs_numpy": agree}
 
 
-def write(results):
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-    with open(_OUT.value, "w") as f:
-        json.dump(results, f, indent=1)
-
-
 def bench_scaling(names, sample_counts, num_models, dim, repeats):
     """``{name: {"N=<n>": seconds}}``: best steady ``score_models`` time of ``num_models``
     models at each N (after a warm-up call that compiles), plus the log-log slope between
@@ -566,7 +560,7 @@ def main(argv):
                   f"{row['seconds_device_inputs']:11.3f} "
                   f"{row['speedup_device_inputs']:7.1f}x  "
                   f"{'-' if diff is None else f'{diff:.1e}'}{scaled}", flush=True)
-            write(results)
+            atomic_io.write_json(_OUT.value, results)
     if _SCALING_N.value:
         sample_counts = [int(n) for n in _SCALING_N.value]
         print(f"\nscaling with N: M={_SCALING_MODELS.value}, D={_SCALING_DIM.value}, "
@@ -580,7 +574,7 @@ def main(argv):
             "seconds": bench_scaling(_SCALING_ESTIMATORS.value, sample_counts,
                                      _SCALING_MODELS.value, _SCALING_DIM.value,
                                      _REPEATS.value)}
-        write(results)
+        atomic_io.write_json(_OUT.value, results)
     print(f"\nwrote {_OUT.value}")
 
 
