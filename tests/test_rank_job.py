@@ -110,7 +110,6 @@ def test_rank_all_program_reports_bad_records_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
-
 def test_rank_all_program_reports_an_unknown_method_in_one_line(tmp_path):
     import subprocess
     import sys
@@ -121,6 +120,7 @@ def test_rank_all_program_reports_an_unknown_method_in_one_line(tmp_path):
     assert done.returncode == 1
     assert "error: --method: unknown method 'spidr'; choose from" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
 
 def test_spider_state_is_checkpointed_and_reused_on_resume(tmp_path):
     import fennec_jax as fj
