@@ -9,8 +9,10 @@
 Both are ``trace(pinv(cov(f)) cov(g))`` with ``g_i`` the mean feature of sample i's class.
 With ``cs_c = sum_{i in c} (f_i - mean f)`` and the eigenpairs ``(s_i, v_i)`` of ``FᵀF``
 (centred F), ``cov(g) = sum_c cs_c cs_cᵀ / (n_c (N - 1))``, so the trace is a sum over
-eigenvalues of ``q_i / s_i`` with ``q_i = sum_c (v_iᵀ cs_c)² / n_c``: one eigen-decomposition
-of the smaller Gram matrix, no D x D pseudo-inverse.
+eigenvalues of ``q_i / s_i`` with ``q_i = sum_c (v_iᵀ cs_c)² / n_c``, that is
+``sum_c cs_cᵀ pinv(FᵀF) cs_c / n_c``: quadratic forms of the smaller Gram matrix
+(:func:`_linalg.pinv_forms`: a Cholesky factor when FᵀF is safely of full rank), no D x D
+pseudo-inverse.
 """
 
 import jax.numpy as jnp
@@ -22,8 +24,9 @@ def hscore_core(model, task):
     """H-Score of one model; see :func:`hscore`."""
     x = model.features - model.features.mean(0)
     counts = task.onehot.sum(0)
-    _, _, x2 = _linalg.spectral_projections(x, task.onehot)  # (u_iᵀ 1_c)², 0 off-rank
-    return jnp.sum(x2 / jnp.maximum(counts, 1.0))
+    # sum_i (u_iᵀ 1_c)² over the kept directions = cs_cᵀ pinv(FᵀF) cs_c.
+    energy = _linalg.pinv_forms(x, task.onehot, 0.0)
+    return jnp.sum(energy / jnp.maximum(counts, 1.0))
 
 
 def ledoit_wolf_shrinkage(x, dim):
@@ -50,14 +53,15 @@ def hscore_reg_core(model, task):
     n = x.shape[0]
     counts = task.onehot.sum(0)
     shrinkage, mu = ledoit_wolf_shrinkage(x, model.dim)
-    s, p2, _ = _linalg.spectral_projections(x, task.onehot)
-    q = jnp.sum(p2 / jnp.maximum(counts, 1.0), 1)  # q_i = sum_c (v_iᵀ cs_c)² / n_c
-    # Eigenvalues of the shrunk covariance along v_i; directions outside the span of the
-    # features carry no between-class energy (q = 0) and drop out.
-    shrunk = (1.0 - shrinkage) * s / n + shrinkage * mu
-    keep = shrunk > _linalg.rank_cutoff(shrunk, x)
-    terms = (1.0 - shrinkage) * q / ((n - 1) * jnp.where(keep, shrunk, 1.0))
-    return jnp.sum(jnp.where(keep, terms, 0.0))
+    # Along each eigenvector v_i of FᵀF the shrunk covariance is (1 - a)(s_i + t)/N with
+    # t = a mu N / (1 - a), so trace(pinv(cov_a) (1 - a) cov(g)) is
+    # N / (N - 1) * sum_c cs_cᵀ (FᵀF + t I)⁻¹ cs_c / n_c (and 0 when a = 1: cov_a = mu I).
+    # Directions outside the span of the features carry no between-class energy.
+    kept = shrinkage < 1.0
+    shift = shrinkage * mu * n / jnp.where(kept, 1.0 - shrinkage, 1.0)
+    energy = _linalg.pinv_forms(x, task.onehot, shift)
+    score = n / (n - 1.0) * jnp.sum(energy / jnp.maximum(counts, 1.0))
+    return jnp.where(kept, score, 0.0)
 
 
 def hscore(features, labels, *, num_classes=None):

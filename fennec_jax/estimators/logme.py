@@ -21,32 +21,35 @@ def logme_core(model, task):
     """LogME of one (padded) model; see :func:`logme`."""
     x, dim, onehot = model.features, model.dim, task.onehot
     n = x.shape[0]
-    s, p2, _ = _linalg.spectral_projections(x, onehot)  # s[k], p2[k, C]
-    s = s[:, None]
+    spectrum = _linalg.gram_spectrum(x, onehot)
+    k = spectrum.eigenvalues.shape[0]
     yy = onehot.sum(0)  # |y_c|² of the 0/1 target of each class
 
-    def update(state, _):
-        alpha, beta, m2, res2, done = state
+    def update(state):
+        alpha, beta, m2, res2, done, step = state
         t = alpha / beta
-        gamma = jnp.sum(s / (s + t), 0)
-        new_m2 = jnp.sum(p2 / (t + s) ** 2, 0)
-        # |y - F m|²: the target energy outside span(F) plus the shrunk part inside it.
-        new_res2 = yy - jnp.sum(p2 * (s + 2 * t) / (t + s) ** 2, 0)
+        gamma = _linalg.eigenvalue_sum(spectrum, lambda s: s[:, None] / (s[:, None] + t))
+        # With r = (FᵀF + t I)⁻¹ Fᵀy: m = r, and |y - F m|² = |y|² - yᵀF r - t |r|².
+        fitted, new_m2 = _linalg.resolvent_forms(spectrum, t)
+        new_res2 = yy - fitted - t * new_m2
         new_alpha = gamma / (new_m2 + _EPSILON)
         # gamma < N in exact arithmetic; the floor keeps log(beta) finite if it rounds to N.
         new_beta = jnp.maximum(n - gamma, n * _TINY) / (new_res2 + _EPSILON)
         converged = jnp.abs(new_alpha / new_beta - t) / t <= _TOLERANCE
         keep = lambda old, new: jnp.where(done, old, new)
         return (keep(alpha, new_alpha), keep(beta, new_beta), keep(m2, new_m2),
-                keep(res2, new_res2), done | converged), None
+                keep(res2, new_res2), done | converged, step + 1)
 
     ones = jnp.ones_like(yy)
-    state = (ones, ones, ones, ones, jnp.zeros(yy.shape, bool))
-    (alpha, beta, m2, res2, _), _ = jax.lax.scan(update, state, None,
-                                                  length=_MAX_ITERATIONS)
+    state = (ones, ones, ones, ones, jnp.zeros(yy.shape, bool), 0)
+    # Every class stops at its own convergence (as the published per-class loop does);
+    # the loop ends when all have, or after the published 11 updates.
+    alpha, beta, m2, res2, _, _ = jax.lax.while_loop(
+        lambda state: (state[5] < _MAX_ITERATIONS) & ~jnp.all(state[4]), update, state)
     # Sum of log(alpha + beta s) over all `dim` eigenvalues of FᵀF: the k computed here
     # plus dim - k zeros (the zeros the published fixed-point code leaves out when N < D).
-    log_det = jnp.sum(jnp.log(alpha + beta * s), 0) + (dim - s.shape[0]) * jnp.log(alpha)
+    log_det = (_linalg.eigenvalue_sum(spectrum, lambda s: jnp.log(alpha + beta * s[:, None]))
+               + (dim - k) * jnp.log(alpha))
     evidence = (dim / 2.0 * jnp.log(alpha) + n / 2.0 * jnp.log(beta) - 0.5 * log_det
                 - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * np.log(2 * np.pi)) / n
     present = yy > 0
