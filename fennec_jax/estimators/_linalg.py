@@ -4,6 +4,12 @@ Everything the estimators need from ``x`` is a function of the eigen-decompositi
 ``xᵀx`` (``W x W``) or, equivalently, of ``x xᵀ`` (``N x N``): both share their non-zero
 eigenvalues ``s`` and ``x v_i = sqrt(s_i) u_i``. The helpers pick the smaller one from the
 static shape, so N < D (wide features) costs ``N³`` rather than ``D³``.
+
+LogME and H-Score need less than the eigenvectors: sums over the eigenvalues and quadratic
+forms ``b_cᵀ (xᵀx + t I)⁻¹ b_c``. On CPU, for tall ``x``, :func:`gram_spectrum` gets them
+from the tridiagonal form of ``xᵀx`` and :func:`pinv_forms` from a Cholesky factor, each
+falling back to the eigen-decomposition when ``xᵀx`` is (nearly) rank-deficient; at
+W = 256 that is 2-3x less work than ``eigh``, the step that bounds both estimators.
 """
 
 from typing import NamedTuple
@@ -176,7 +182,8 @@ def gram_spectrum(x, targets):
 
 def eigenvalue_sum(spectrum, f):
     """``sum_i f(s)_i`` over the eigenvalues ``s[k]`` of ``xᵀx`` on its smaller side (``f``
-    maps ``s[k]`` to ``[k, ...]`` elementwise along the first axis), with the zero eigenvalues of all-zero columns counted as ``f(0)``."""
+    maps ``s[k]`` to ``[k, ...]`` elementwise along the first axis), with the zero
+    eigenvalues of all-zero columns counted as ``f(0)``."""
     s = spectrum.eigenvalues
     correction = spectrum.stand_ins * (f(jnp.zeros((1,), s.dtype))
                                        - f(spectrum.stand_in[None]))[0]

@@ -63,7 +63,8 @@ def logme(features, labels, *, num_classes=None):
     per class a 0/1 regression target; alpha = beta = 1, at most 11 fixed-point updates,
     stop when the relative change of alpha / beta is <= 1e-3, 1e-5 added to the
     denominators; evidence divided by N, averaged over the classes present. The spectrum
-    comes from the eigen-decomposition of FᵀF (N > D) or F Fᵀ (N <= D). Unlike the published
+    comes from FᵀF (N > D; on CPU its tridiagonal form, the same eigenvalues and
+    quadratic forms without the eigenvectors) or F Fᵀ (N <= D). Unlike the published
     fixed-point code, the log-determinant counts all D eigenvalues of FᵀF, including the
     D - N zeros when N < D (as the original ICML full-SVD code does).
     """
