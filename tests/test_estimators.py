@@ -386,3 +386,35 @@ def test_does_not_modify_input_or_enable_x64_globally(toy_scores):
     estimators.sfda(features, labels)  # the reference code overwrites its input
     np.testing.assert_array_equal(features, before)
     assert jnp.ones(2).dtype == jnp.float32  # float64 stays local to the estimators
+
+
+def _hscore_reference(features, labels):
+    """trace(pinv(cov(f)) cov(g)) in NumPy, the pseudo-inverse with the matrix_rank rule."""
+    covariance = np.cov(features, rowvar=False)
+    means = np.stack([features[labels == c].mean(0) for c in np.unique(labels)])
+    g = means[np.searchsorted(np.unique(labels), labels)]
+    rcond = max(features.shape) * np.finfo(float).eps
+    return np.trace(np.linalg.pinv(covariance, rcond=rcond) @ np.cov(g, rowvar=False))
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_tall_models_fast_and_fallback_paths(batch_size):
+    """N = 120 > D (CPU fast paths): a full-rank 16-wide model, a 12-wide one padded to 16
+    zero columns and one with a dead unit (stood in for), and one with a collinear
+    column (eigen-decomposition fallback), batched as a compiled loop and as vmapped
+    chunks of 2: each equals its single score and the NumPy formula."""
+    rng = np.random.default_rng(5)
+    labels = np.arange(120) % 4
+    full = rng.normal(size=(4, 16))[labels] + rng.normal(size=(120, 16))
+    narrow = full[:, :12] * 1.5 + rng.normal(size=(120, 12))
+    dead = full.copy()
+    dead[:, 3] = 0.0
+    collinear = full.copy()
+    collinear[:, 9] = full[:, 2] - 2.0 * full[:, 7]
+    models = [full, narrow, dead, collinear]
+    for name, reference in (("logme", _logme_reference), ("hscore", _hscore_reference)):
+        batched = estimators.score_models(name, models, labels, batch_size=batch_size)
+        single = [estimators.score(name, x, labels) for x in models]
+        np.testing.assert_allclose(batched, single, rtol=1e-9, err_msg=name)
+        np.testing.assert_allclose(single, [reference(x, labels) for x in models],
+                                   rtol=1e-7, err_msg=name)

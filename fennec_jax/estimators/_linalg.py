@@ -110,7 +110,7 @@ def _eigvalsh_lapack(a):
         lapack.prepare_lapack_call("syevd_ffi", np.dtype(a.dtype)),
         (jax.ShapeDtypeStruct(a.shape, a.dtype), jax.ShapeDtypeStruct(a.shape[:1], a.dtype),
          jax.ShapeDtypeStruct((), jnp.int32)),
-        input_output_aliases={0: 0})
+        input_output_aliases={0: 0}, vmap_method="sequential")
     _, values, info = call(a, mode=np.uint8(ord("N")), uplo=np.uint8(ord("L")))
     return jnp.where(info == 0, values, jnp.nan)
 
