@@ -11,6 +11,7 @@ import pytest
 import scipy.stats
 
 from fennec_jax import estimators
+from fennec_jax.estimators import _batch as batching
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "estimators")
 with open(os.path.join(DATA, "golden.json")) as f:
@@ -418,3 +419,26 @@ def test_tall_models_fast_and_fallback_paths(batch_size):
         np.testing.assert_allclose(batched, single, rtol=1e-9, err_msg=name)
         np.testing.assert_allclose(single, [reference(x, labels) for x in models],
                                    rtol=1e-7, err_msg=name)
+
+
+def test_staging_in_runs_equals_one_stack(monkeypatch):
+    """Five models of widths 16, 16, 16, 10, 12 (one padded group) staged in two runs of
+    three through one reused buffer (the last run padded by a repeat): the scores equal
+    those of one stack, so a narrower model never reads the previous run's columns, and
+    a run of float32 models is staged in the group's float64."""
+    rng = np.random.default_rng(8)
+    labels = np.arange(40) % 3
+    widths = [16, 16, 16, 10, 12]
+    features = [rng.normal(size=(3, w))[labels] + rng.normal(size=(40, w)) * (1 + i)
+                for i, w in enumerate(widths)]
+    features[:3] = [f.astype(np.float32) for f in features[:3]]  # the group is float64
+    probs = [rng.dirichlet(np.ones(6), size=40) for _ in widths]
+    assert batching.chunks(features, probs, list(range(5)), 16) == [[0, 1, 2, 3, 4]]
+    expected = {name: estimators.score_models(name, features, labels, probs)
+                for name in ("gbc_diagonal", "logme", "leep")}
+    per_model = 40 * 16 * 8 + 40 * 6 * 8  # float64 features and probs of one model
+    monkeypatch.setattr(batching, "_STAGING_BYTES", 2 * per_model)
+    assert batching.chunks(features, probs, list(range(5)), 16) == [[0, 1, 2], [3, 4, 4]]
+    for name, scores in expected.items():
+        np.testing.assert_array_equal(
+            estimators.score_models(name, features, labels, probs), scores, err_msg=name)
