@@ -2,9 +2,11 @@
 (tests/data/estimators/golden.json, see its SPEC in shared/estimators), plus the edge cases
 every estimator must survive with a defined value or a clear error."""
 
+import importlib
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -442,3 +444,15 @@ def test_staging_in_runs_equals_one_stack(monkeypatch):
     for name, scores in expected.items():
         np.testing.assert_array_equal(
             estimators.score_models(name, features, labels, probs), scores, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parc_average_ranks_match_scipy(dtype):
+    """PARC's ranks through integer sort keys: negative and positive values, -0.0 next to
+    +0.0, and ties, against scipy.stats.rankdata."""
+    parc_module = importlib.import_module("fennec_jax.estimators.parc")
+    values = np.array([0.5, -1.25, 0.0, -0.0, 2.0, 0.5, -1.25, 1e-300 if dtype == np.float64
+                       else 1e-30, -3.0, 0.5], dtype)
+    with jax.enable_x64(True):
+        ranks = np.asarray(jax.jit(parc_module._average_ranks)(jnp.asarray(values)))
+    np.testing.assert_array_equal(ranks, scipy.stats.rankdata(values))

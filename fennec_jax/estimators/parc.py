@@ -26,11 +26,21 @@ def _standardise(x, mask):
     return (x - mean) / jnp.where(constant, 1.0, jnp.sqrt(variance)) * mask
 
 
+def _order_keys(values):
+    """Integers that sort as the floats ``values[n]`` do (no NaNs; -0.0 equal to +0.0):
+    the bit patterns, with those of negative numbers flipped. XLA:CPU sorts integers about
+    four times faster than floats (37 against 155 ms for 499,500 float64 here)."""
+    integer = {4: jnp.int32, 8: jnp.int64}[jnp.dtype(values.dtype).itemsize]
+    bits = jax.lax.bitcast_convert_type(jnp.where(values == 0, 0.0, values), integer)
+    return jnp.where(bits < 0, bits ^ jnp.iinfo(integer).max, bits)
+
+
 def _average_ranks(values):
     """Ranks 1..n of ``values[n]`` with ties given their average rank (scipy's default)."""
-    ordered = jnp.sort(values)
-    below = jnp.searchsorted(ordered, values, side="left")
-    upto = jnp.searchsorted(ordered, values, side="right")
+    keys = _order_keys(values)
+    ordered = jnp.sort(keys)
+    below = jnp.searchsorted(ordered, keys, side="left")
+    upto = jnp.searchsorted(ordered, keys, side="right")
     return (below + upto + 1) / 2.0
 
 
@@ -54,10 +64,11 @@ def parc_core(model, task, *, pca_dims):
     z = jnp.where(norms > 0, z / jnp.where(norms > 0, norms, 1.0), 0.0)
     upper = np.triu_indices(x.shape[0], 1)
     feature_rdm = 1.0 - (z @ z.T)[upper]
-    # The label RDM of one-hot rows is 0 within a class and 1 + 1/(C-1) across: two values,
-    # so ranking 'different class' suffices.
-    label_rdm = 1.0 - (task.onehot @ task.onehot.T)[upper]
-    return 100.0 * _pearson(_average_ranks(feature_rdm), _average_ranks(label_rdm))
+    # The label RDM of one-hot rows is 0 within a class and 1 + 1/(C-1) across. Its average
+    # ranks are an increasing affine function of the 'different class' indicator, and the
+    # Pearson correlation does not change under one: the indicator needs no ranking.
+    different = 1.0 - (task.onehot @ task.onehot.T)[upper]
+    return 100.0 * _pearson(_average_ranks(feature_rdm), different)
 
 
 def subsample(features_list, labels, max_samples, seed):
