@@ -456,3 +456,19 @@ def test_parc_average_ranks_match_scipy(dtype):
     with jax.enable_x64(True):
         ranks = np.asarray(jax.jit(parc_module._average_ranks)(jnp.asarray(values)))
     np.testing.assert_array_equal(ranks, scipy.stats.rankdata(values))
+
+
+def test_logme_one_column_and_all_zero_features():
+    """One feature column (N > D = 1), and features that are all zero: the evidence is then
+    the limit alpha -> 0, a Gaussian fit of each class indicator with beta = N / |y|²."""
+    rng = np.random.default_rng(9)
+    labels = np.arange(50) % 3
+    column = rng.normal(size=(50, 1)) + labels[:, None]
+    np.testing.assert_allclose(estimators.logme(column, labels),
+                               _logme_reference(column, labels), rtol=1e-9)
+    for shape in ((50, 4), (10, 40)):
+        y = labels[: shape[0]]
+        n = shape[0]
+        counts = np.bincount(y)
+        limit = np.mean((0.5 * np.log(n / counts) - 0.5 - 0.5 * np.log(2 * np.pi)))
+        np.testing.assert_allclose(estimators.logme(np.zeros(shape), y), limit, rtol=1e-9)

@@ -165,11 +165,12 @@ def _tridiagonal_spectrum(x, targets):
 def gram_spectrum(x, targets):
     """:class:`GramSpectrum` of ``x[N, W]`` and ``targets[N, C]``.
 
-    On CPU, for tall ``x`` (N > W), from the tridiagonal form when ``xᵀx`` is of full rank
+    On CPU, for tall ``x`` (N > W >= 2), from the tridiagonal form when ``xᵀx`` is of full rank
     apart from all-zero columns, else (collinear columns) from the eigen-decomposition;
     on other platforms, and for wide ``x``, from the eigen-decomposition. Both give the
     same values up to rounding."""
-    if _wide(x):
+    # One column: nothing to gain, and XLA:CPU fails to lower a 1 x 1 ``sytrd`` here.
+    if _wide(x) or x.shape[1] < 2:
         return _eigen_spectrum(x, targets)
 
     def on_cpu(x, targets):

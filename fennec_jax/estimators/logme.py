@@ -15,6 +15,7 @@ _MAX_ITERATIONS = 11
 _TOLERANCE = 1e-3
 _EPSILON = 1e-5
 _TINY = 1e-12
+_SMALLEST_ALPHA = 1e-300
 
 
 def logme_core(model, task):
@@ -32,7 +33,10 @@ def logme_core(model, task):
         # With r = (FᵀF + t I)⁻¹ Fᵀy: m = r, and |y - F m|² = |y|² - yᵀF r - t |r|².
         fitted, new_m2 = _linalg.resolvent_forms(spectrum, t)
         new_res2 = yy - fitted - t * new_m2
-        new_alpha = gamma / (new_m2 + _EPSILON)
+        # Floored so that features that are all zero (gamma = m2 = 0) keep alpha / beta
+        # positive: their evidence is then the limit alpha -> 0, in which the prior terms
+        # (dim/2) log alpha - 1/2 log det(alpha I) cancel.
+        new_alpha = jnp.maximum(gamma / (new_m2 + _EPSILON), _SMALLEST_ALPHA)
         # gamma < N in exact arithmetic; the floor keeps log(beta) finite if it rounds to N.
         new_beta = jnp.maximum(n - gamma, n * _TINY) / (new_res2 + _EPSILON)
         converged = jnp.abs(new_alpha / new_beta - t) / t <= _TOLERANCE
