@@ -78,3 +78,16 @@ def test_pinv_forms(case, shift):
     with _common.float64():
         got = jax.jit(_linalg.pinv_forms)(jnp.asarray(x), jnp.asarray(targets), shift)
     np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_accelerator_lowering_uses_the_eigen_decomposition():
+    """Lowered for CUDA (no GPU needed), the spectrum and the quadratic forms take the
+    eigen-decomposition branch: no LAPACK kernel and no tridiagonal reduction, which only
+    the CPU branch calls."""
+    x = jax.ShapeDtypeStruct((60, 12), jnp.float64)
+    targets = jax.ShapeDtypeStruct((60, 3), jnp.float64)
+    with _common.float64():
+        for fn in (_linalg.gram_spectrum, lambda x, t: _linalg.pinv_forms(x, t, 0.0)):
+            module = jax.export.export(jax.jit(fn), platforms=("cuda",))(x, targets)
+            text = module.mlir_module()
+            assert "syevd" in text and "lapack" not in text and "sytrd" not in text
