@@ -262,12 +262,13 @@ def run(core, name, features_list, labels, probs_list=None, *, num_classes=None,
         run_group = _compiled(core, tuple(sorted(dict(options).items())), batch_size)
         for (width, _), members in groups(features_list, probs_list).items():
             staged = None
-            for run in chunks(features_list, probs_list, members, width):
-                staged = stack(features_list, probs_list, run, width, members, staged)
+            for part in chunks(features_list, probs_list, members, width):
+                staged = stack(features_list, probs_list, part, width, group=members,
+                               into=staged)
                 values, ok = run_group(staged, task)
                 # np.asarray waits for the results: the buffers are free for the next run.
-                outputs.update(zip(run, np.asarray(values)))
-                checks.update(zip(run, np.asarray(ok)))
+                outputs.update(zip(part, np.asarray(values)))
+                checks.update(zip(part, np.asarray(ok)))
         count = len(outputs)
         _common.value_errors([checks[m] for m in range(count)], _names("features", count),
                              _names("probs", count))
