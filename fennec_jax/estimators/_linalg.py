@@ -117,13 +117,12 @@ def _eigvalsh_lapack(a):
 
 def _eigen_spectrum(x, targets):
     """:class:`GramSpectrum` from the eigen-decomposition of the smaller Gram matrix."""
-    s, _, x2 = spectral_projections(x, targets)
-    keep = (s > rank_cutoff(s, x))[:, None]
-    # b_c along v_i is ±sqrt(s_i x2_ic); only its square enters the quadratic forms.
-    projections = jnp.where(keep, jnp.sqrt(s[:, None] * x2), 0.0)
+    s, p2, _ = spectral_projections(x, targets)
+    keep = s > rank_cutoff(s, x)
+    # b_c along v_i is ±sqrt(p2_ic); only its square enters the quadratic forms.
+    projections = jnp.where(keep[:, None], jnp.sqrt(p2), 0.0)
     zero = jnp.zeros((), x.dtype)
-    return GramSpectrum(s, jnp.where(keep[:, 0], s, 1.0), jnp.zeros_like(s), projections,
-                        zero, zero)
+    return GramSpectrum(s, jnp.where(keep, s, 1.0), jnp.zeros_like(s), projections, zero, zero)
 
 
 def _gram_with_stand_ins(x, targets):
