@@ -190,14 +190,15 @@ def _stack(arrays, members, width, group, into=None):
     when given."""
     if _in_place(arrays, members, width):
         return arrays
-    if into is None:
+    reused = into is not None
+    if not reused:
         dtype = np.result_type(np.float32, *(arrays[m].dtype for m in group))
         into = _aligned_zeros((len(members), arrays[members[0]].shape[0], width), dtype)
-    else:
-        for i, m in enumerate(members):
-            into[i, :, arrays[m].shape[1]:] = 0
     for i, m in enumerate(members):
-        into[i, :, : arrays[m].shape[1]] = arrays[m]
+        dim = arrays[m].shape[1]
+        into[i, :, :dim] = arrays[m]
+        if reused:  # a fresh buffer is zero already; a reused one has the last run's columns
+            into[i, :, dim:] = 0
     return into
 
 
