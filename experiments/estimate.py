@@ -17,6 +17,7 @@ regret (fennec_jax.metrics.ranking_metrics).
 
 import glob
 import os
+import sys
 import time
 
 import numpy as np
@@ -165,8 +166,8 @@ def main(argv):
         raise app.UsageError("--features is required")
     try:
         report = run(_FEATURES.value, _METHODS.value, _OUT.value, _RECORDS.value, _TASK.value)
-    except ValueError as error:  # bad input: a one-line message, not a traceback
-        raise app.UsageError(str(error)) from None
+    except ValueError as error:  # bad input: one line and exit status 1, as rank_all does
+        sys.exit(f"error: {error}")
     print(f"{len(report['models'])} models, {report['num_examples']} examples, "
           f"{report['num_classes']} classes")
     for name, result in report["methods"].items():

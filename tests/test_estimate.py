@@ -166,3 +166,23 @@ def test_command_line_error_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert "no MODEL.npz feature files found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_command_line_reports_a_bad_feature_file_in_one_line(tmp_path):
+    """A feature file with a NaN: one error line naming the file, exit status 1, no flag help
+    and no output folder."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 40)
+    features = rng.normal(size=(40, 8))
+    features[5, 2] = np.nan
+    (tmp_path / "feats").mkdir()
+    np.savez(tmp_path / "feats" / "bad.npz", features=features, labels=labels)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, SCRIPT, f"--features={tmp_path / 'feats'}", "--methods=logme",
+         f"--out={out}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"error: {tmp_path / 'feats' / 'bad.npz'}: features has NaN or infinite values"
+    assert "--out" not in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
