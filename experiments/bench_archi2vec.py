@@ -22,7 +22,11 @@ import time
 import numpy as np
 from absl import app, flags
 
-from fennec_jax import arch_baselines, archi2vec, atomic_io, graphs, nas_bench_graph
+from fennec_jax.archs import graph_features as arch_baselines
+from fennec_jax.archs import archi2vec
+from fennec_jax.core import atomic_io
+from fennec_jax.archs import graphs
+from fennec_jax.archs import nas_bench_graph
 
 _GRAPHS = flags.DEFINE_integer("graphs", 10_000, "NAS-Bench-Graph architectures to encode.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed warm calls; the best is kept.", lower_bound=1)

@@ -1,4 +1,4 @@
-"""Benchmark: fennec_jax.engine.top_k against numpy on a synthetic zoo, in one run.
+"""Benchmark: fennec_jax.ranking.engine.top_k against numpy on a synthetic zoo, in one run.
 
 Measures, on whatever machine runs it:
   (a) a numpy baseline: chunked matmul + argpartition, merged into a running top-k;
@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from fennec_jax import atomic_io, engine
+from fennec_jax.core import atomic_io
+from fennec_jax.ranking import engine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("models", 1_000_000, "Models in the synthetic zoo (M).")

@@ -44,7 +44,8 @@ import scipy.stats  # noqa: E402
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fennec_jax import atomic_io, estimators  # noqa: E402
+from fennec_jax.core import atomic_io
+from fennec_jax import estimators  # noqa: E402
 
 _MODELS = flags.DEFINE_integer("models", 64, "Candidate models M.")
 _N = flags.DEFINE_integer("n", 1000, "Target samples N.")

@@ -5,12 +5,15 @@
 Pre-trains every --families architecture on every source task (models FAMILY@SOURCE),
 fine-tunes each on every target (full fine-tune and linear probe, --seeds seeds), and writes
 OUT/records.csv (model,task,score: full fine-tune test accuracy), records_linear_probe.csv,
-runs.csv, graphs.jsonl, features/TASK/MODEL.npz, proxy.npz and report.json (Fennec with the
-MobileNetV2 proxy at k = 0 and k = --probes, the estimators, popularity: weighted tau, top-1
-regret and seconds to rank the zoo for one new task). Finished stages are kept in
-OUT/stages, so a rerun resumes; --max_stages stops after that many new stages.
+runs.csv, graphs.jsonl, features/TASK/MODEL.npz, proxy.npz, then compares methods on the
+built benchmark with the one evaluation loop (leave-one-task-out; the tasks' MobileNetV2 proxy
+embeddings and the models' features reach the methods as evidence: fennec with the proxy at
+k = 0 and k = --probes, fennec without it, popularity, the estimators) and writes
+report.json / report.md, with the measured seconds to rank the zoo for one new task.
+Finished stages are kept in OUT/stages, so a rerun resumes; --max_stages stops after that
+many new stages.
 
-Task data: real data shipped in scikit-learn / scikit-image (fennec_jax.benchmark_builder.
+Task data: real data shipped in scikit-learn / scikit-image (fennec_jax.benchmarks.builder.
 packaged_datasets); --tfds_datasets adds one target per TFDS dataset read with
 tfds.data_source (needs the prepared dataset in --tfds_data_dir).
 """
@@ -19,9 +22,13 @@ import os
 import time
 
 import jax
-from absl import app, flags, logging
+import numpy as np
+from absl import flags, logging
 
-from fennec_jax import atomic_io, benchmark_builder as bb
+from experiments import cli
+from fennec_jax.benchmarks import builder as bb
+from fennec_jax.benchmarks.bundled import as_benchmark, attach_task_data
+from fennec_jax.eval import protocol, reports
 
 _OUT = flags.DEFINE_string("out", "runs/built_benchmark", "Output folder (resumes from OUT/stages).")
 _FAMILIES = flags.DEFINE_list("families", list(bb.ZooSpec().families), "Architecture families of the zoo.")
@@ -67,9 +74,8 @@ def _tfds_targets(num_classes: int):
     return targets
 
 
-def main(argv):
-    del argv
-    from fennec_jax.proxy import mobilenet_v2_proxy
+def main():
+    from fennec_jax.encoders.proxy import mobilenet_v2_proxy
 
     start = time.perf_counter()
     # Compiled train steps are cached on disk, so a resumed run does not compile them again.
@@ -91,19 +97,23 @@ def main(argv):
         logging.info("stopped after %d stages (--max_stages); rerun to resume", result.stages_computed)
         return
     build_seconds = time.perf_counter() - start
-    proxies = bb.load_proxy_embeddings(os.path.join(_OUT.value, "proxy.npz"), result.records.tasks)
-    report = bb.compare_methods(result.records, os.path.join(_OUT.value, "features"), proxies,
-                                estimator_names=_ESTIMATORS.value, extract_seconds=result.extract_seconds,
-                                proxy_seconds=result.proxy_seconds, probes=_PROBES.value, seeds=_PROBE_SEEDS.value)
+    bench = attach_task_data(as_benchmark(result.records, name=os.path.basename(os.path.abspath(_OUT.value))),
+                             proxies=os.path.join(_OUT.value, "proxy.npz"),
+                             features_dir=os.path.join(_OUT.value, "features"))
+    methods = cli.methods_from_flags(["popularity", "fennec", "fennec:proxy=false", *_ESTIMATORS.value], None)
+    report = protocol.evaluate(bench, methods, protocol.TasksOut(probes=(0, _PROBES.value), seeds=_PROBE_SEEDS.value,
+                                                                 history="targets"))
+    report["models"] = bench.records.num_models
     report["build_seconds"] = build_seconds
     report["comparison_seconds"] = time.perf_counter() - start - build_seconds
+    report["online_seconds_per_task"] = {
+        "forward_passes_of_every_candidate": float(np.median(list(result.extract_seconds.values()))),
+        "proxy_embedding": float(np.median(list(result.proxy_seconds.values())))}
     report["ground_truth"] = {"finetune": bb.ground_truth_summary(result.finetune_runs),
                               "linear_probe": bb.ground_truth_summary(result.probe_runs)}
     if _REAL_SCALE.value:
         report["real_scale"] = _real_scale_cost(spec, report)
-    atomic_io.write_json(os.path.join(_OUT.value, "report.json"), report)
-    atomic_io.write_text(os.path.join(_OUT.value, "report.md"), _markdown(report))
-    print(_markdown(report))
+    print(reports.write_report(_OUT.value, report, notes=_notes(report)))
 
 
 def _real_scale_cost(spec, report) -> dict:
@@ -114,7 +124,7 @@ def _real_scale_cost(spec, report) -> dict:
         per_family[family] = bb.forward_seconds(family, _NUM_TRAIN.value)
         logging.info("real-scale forward %s: %.2f s for %d images", family, per_family[family], _NUM_TRAIN.value)
     models_per_family = report["models"] // len(spec.families)
-    proxy = report["results"]["fennec_proxy_k0"]["seconds_per_task"]
+    proxy = report["online_seconds_per_task"]["proxy_embedding"]
     return {"image_size": 224, "width": 1.0, "images": _NUM_TRAIN.value,
             "forward_seconds_per_model_measured": per_family,
             "zoo_forward_seconds_summed": models_per_family * sum(per_family.values()),
@@ -122,27 +132,26 @@ def _real_scale_cost(spec, report) -> dict:
             "proxy_seconds_per_task_measured": proxy}
 
 
-def _markdown(report) -> str:
-    lines = [f"{report['models']} models x {report['tasks']} tasks; build {report['build_seconds']:.0f} s, "
-             f"comparison {report['comparison_seconds']:.0f} s (leave-one-task-out).", "",
-             "| method | weighted tau | top-1 regret | s / new task (built zoo, measured) |", "|---|---|---|---|"]
-    for method, row in report["results"].items():
-        lines.append(f"| {method} | {row['weighted_tau']:.3f} | {row['top1_regret']:.3f} | "
-                     f"{row['seconds_per_task']:.3f} |")
-    lines += ["", "| ground truth | spread | std over models | seed noise | seed Kendall tau |", "|---|---|---|---|---|"]
-    for protocol, g in report["ground_truth"].items():
-        lines.append(f"| {protocol} | {g['spread']:.3f} | {g['std_over_models']:.3f} | {g['seed_noise']:.3f} | "
-                     f"{g['seed_kendall']:.3f} |")
+def _notes(report) -> list[str]:
+    """Ground truth, online cost and real-scale paragraphs under the comparison table."""
+    seconds = report["online_seconds_per_task"]
+    notes = [f"Built in {report['build_seconds']:.0f} s; comparison {report['comparison_seconds']:.0f} s. Online cost "
+             f"of one new task (median over tasks, measured on the built zoo): forward passes of every candidate "
+             f"{seconds['forward_passes_of_every_candidate']:.3f} s (what an estimator needs), one proxy embedding "
+             f"{seconds['proxy_embedding']:.3f} s (what fennec with the proxy needs)."]
+    for protocol_name, g in report["ground_truth"].items():
+        notes.append(f"Ground truth ({protocol_name}): spread {g['spread']:.3f}, std over models "
+                     f"{g['std_over_models']:.3f}, seed noise {g['seed_noise']:.3f}, seed Kendall tau "
+                     f"{g['seed_kendall']:.3f}.")
     real = report.get("real_scale")
     if real:
-        lines += ["", f"Real scale (width 1, 224 px, {real['images']} images, random weights, compile excluded):", "",
-                  "| family | forward s per model (measured) |", "|---|---|"]
-        lines += [f"| {family} | {sec:.2f} |" for family, sec in real["forward_seconds_per_model_measured"].items()]
-        lines += ["", f"Estimators' forward passes over a zoo of {real['zoo_models']} full-size models: "
-                  f"{real['zoo_forward_seconds_summed']:.0f} s per task (per-model measurements summed), versus "
-                  f"{real['proxy_seconds_per_task_measured']:.1f} s for one proxy embedding (measured)."]
-    return "\n".join(lines) + "\n"
+        per_family = ", ".join(f"{f} {s:.2f} s" for f, s in real["forward_seconds_per_model_measured"].items())
+        notes.append(f"Real scale (width 1, 224 px, {real['images']} images, random weights, compile excluded): "
+                     f"{per_family}. Estimators' forward passes over a zoo of {real['zoo_models']} full-size "
+                     f"models: {real['zoo_forward_seconds_summed']:.0f} s per task (per-model measurements "
+                     f"summed), versus {real['proxy_seconds_per_task_measured']:.1f} s for one proxy embedding.")
+    return notes
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

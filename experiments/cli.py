@@ -1,29 +1,78 @@
-"""What the programs in experiments/ share: turning a user's records file into a benchmark, and
-looking up methods and benchmarks by the names given in flags."""
+"""What the programs in experiments/ share: a main that turns bad input into one clear line,
+a user's records as a benchmark, and methods and benchmarks looked up by the names in flags.
+
+Programs run as a package (``python -m experiments.NAME``; ``./run.sh NAME`` does it); the
+library never reads flags.
+"""
 
 import os
 import sys
 
-from fennec_jax.benchmarks import as_benchmark
-from fennec_jax.data import Benchmark, RecordsError, load_records
+from absl import app, flags, logging
+
+from fennec_jax.benchmarks.bundled import as_benchmark
+from fennec_jax.core.checkpoint import CheckpointError
+from fennec_jax.core.records import Benchmark, RecordsError, load_records
+from fennec_jax.core.registry import parse_config
+from fennec_jax.methods.base import method_from_spec, method_names
+
+
+class InputError(Exception):
+    """Bad input from the user: the program ends with ``error: <message>`` and exit status 1."""
+
+
+def run(main):
+    """``absl.app.run`` of ``main`` where bad input (InputError, RecordsError, CheckpointError,
+    ValueError from argument checks) ends with one line and exit status 1, and Ctrl-C ends
+    quietly with status 130."""
+
+    def wrapped(argv):
+        if len(argv) > 1:
+            sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+        if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
+            logging.set_verbosity(logging.WARNING)
+        try:
+            main()
+        except (InputError, RecordsError, CheckpointError) as err:
+            sys.exit(f"error: {err}")
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    app.run(wrapped)
 
 
 def records_benchmark(path: str, model_meta: str | None, task_meta: str | None) -> Benchmark:
-    """The user's records as a benchmark named after the file; bad input ends the program
-    with one clear line (file, line, problem) and exit status 1; dropped rows are printed."""
-    try:
-        records = load_records(path, model_meta=model_meta, task_meta=task_meta)
-    except RecordsError as err:
-        sys.exit(f"error: {err}")
+    """The user's records as a benchmark named after the file; dropped rows are printed."""
+    records = load_records(path, model_meta=model_meta, task_meta=task_meta)
     if records.dropped:
         print(f"dropped on purpose: {dict(records.dropped)}")
     return as_benchmark(records, name=os.path.splitext(os.path.basename(path))[0])
 
 
 def by_name(lookup, name: str, flag: str):
-    """``lookup(name)`` (e.g. ``get_method``, ``load_benchmark``); an unknown name ends the
-    program with one clear line naming the flag and the choices, and exit status 1."""
+    """``lookup(name)`` (e.g. ``load_benchmark``); an unknown name is an InputError naming
+    the flag and the choices."""
     try:
         return lookup(name)
     except ValueError as err:
-        sys.exit(f"error: --{flag}: {err}")
+        raise InputError(f"--{flag}: {err}") from None
+
+
+def methods_from_flags(specs, config_text: str | None, flag: str = "methods") -> dict:
+    """``{label: method}`` for method specs ``NAME`` or ``NAME:key=value+key=value`` (e.g.
+    ``fennec:preset=nmf``) with ``--method_config`` added to each; bad names or configs are
+    an InputError naming the flag."""
+    try:
+        config = parse_config(config_text)
+        methods = [method_from_spec(spec, config) for spec in specs]
+    except (ValueError, TypeError) as err:
+        raise InputError(f"--{flag}: {err} (methods: {', '.join(method_names())})") from None
+    return {method.name: method for method in methods}
+
+
+def help_names() -> str:
+    """Registered methods and bundled benchmarks, for flag help texts."""
+    from fennec_jax.benchmarks.bundled import benchmark_names
+
+    return f"methods: {', '.join(method_names())}; benchmarks: {', '.join(benchmark_names())}"

@@ -4,7 +4,7 @@
       --out=runs/estimate/cifar10 [--records=finetune.csv --task=cifar10]
 
 --features is a folder of MODEL.npz files (keys features[N, D], labels[N], optional
-probs[N, Cs]; see fennec_jax.features.save_features), one per model, all on the same
+probs[N, Cs]; see fennec_jax.encoders.features.save_features), one per model, all on the same
 examples. Methods that need source-head probabilities (e.g. leep, nce) score only the
 models whose files have probs; the others are listed as skipped.
 
@@ -12,20 +12,22 @@ Writes OUT/scores.csv (model,method,score), OUT/ranking.csv (method,rank,model,s
 = highest score) and OUT/report.json. With --records (a model,task,score table of true
 fine-tune results) each method's scores are compared with the true scores of --task (needed
 when the records hold several tasks): weighted tau, Kendall tau, Spearman, Pearson and top-1
-regret (fennec_jax.metrics.ranking_metrics).
+regret (fennec_jax.eval.metrics.ranking_metrics).
 """
 
-import glob
 import os
-import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from fennec_jax import atomic_io, estimators, metrics
-from fennec_jax.data import load_records
-from fennec_jax.features import load_features
+from experiments import cli
+
+from fennec_jax.core import atomic_io
+from fennec_jax import estimators
+from fennec_jax.eval import metrics
+from fennec_jax.core.records import load_records
+from fennec_jax.encoders.features import load_feature_dir
 
 _FEATURES = flags.DEFINE_string("features", None, "Folder of MODEL.npz feature files.")
 _METHODS = flags.DEFINE_list("methods", None, "Estimators to run, comma separated "
@@ -35,26 +37,6 @@ _RECORDS = flags.DEFINE_string("records", None, "Optional table model,task,score
                                "fine-tune results to evaluate the estimators against.")
 _TASK = flags.DEFINE_string("task", None, "Task of --records that the features belong to "
                             "(needed when the records have several tasks).")
-
-
-def load_feature_dir(folder):
-    """``(models, features_list, labels[N], probs_list)`` from ``folder/*.npz``, sorted by
-    model name; ``probs_list`` holds None for models without probs."""
-    paths = sorted(glob.glob(os.path.join(folder, "*.npz")))
-    if not paths:
-        raise ValueError(f"--features={folder}: no MODEL.npz feature files found")
-    models, features_list, probs_list, labels = [], [], [], None
-    for path in paths:
-        features, file_labels, probs = load_features(path)
-        if labels is None:
-            labels, first = file_labels, path
-        elif not np.array_equal(file_labels, labels):
-            raise ValueError(f"{path}: labels differ from those in {first}; every model's "
-                             "features must be on the same examples")
-        models.append(os.path.basename(path)[: -len(".npz")])
-        features_list.append(features)
-        probs_list.append(probs)
-    return models, features_list, labels, probs_list
 
 
 def score_methods(methods, models, features_list, labels, probs_list):
@@ -159,15 +141,13 @@ def run(features_dir, methods, out, records=None, task=None):
     return report
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
     if not _FEATURES.value:
-        raise app.UsageError("--features is required")
+        raise cli.InputError("--features is required")
     try:
         report = run(_FEATURES.value, _METHODS.value, _OUT.value, _RECORDS.value, _TASK.value)
-    except ValueError as error:  # bad input: one line and exit status 1, as rank_all does
-        sys.exit(f"error: {error}")
+    except ValueError as error:  # bad input: one line and exit status 1
+        raise cli.InputError(str(error)) from None
     print(f"{len(report['models'])} models, {report['num_examples']} examples, "
           f"{report['num_classes']} classes")
     for name, result in report["methods"].items():
@@ -180,4 +160,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

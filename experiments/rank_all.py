@@ -3,29 +3,29 @@
   ./run.sh rank_all                                  # all bundled benchmarks, method fennec
   ./run.sh rank_all --benchmarks=parc_all,spider_multi --top_k=10 --out=runs/rank_all
   ./run.sh rank_all --records=my_records.csv --model_meta=models.csv --method=knn_task
+  ./run.sh rank_all --method=fennec --method_config=preset=nmf
 
 Writes OUT/rankings.csv (benchmark,task,rank,model,score), OUT/summary.json, the fitted
-space under OUT/checkpoints/, and prints per benchmark: models, tasks, and the method's
-leave-one-task-out weighted tau. A killed run restarted with the same flags resumes from its
-last finished shard (see fennec_jax/rank_job.py).
+method state under OUT/checkpoints/, and prints per benchmark: models, tasks, and the
+method's leave-one-task-out weighted tau. A killed run restarted with the same flags resumes
+from its last finished shard (see fennec_jax/ranking/rank_job.py).
 """
 
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
-from fennec_jax.benchmarks import benchmark_names, load_benchmark
-from fennec_jax.methods import get_method
-from fennec_jax.rank_job import RankJob, file_digest, run_rank_job
-
-from cli import by_name, records_benchmark  # experiments/cli.py, beside this program
+from experiments import cli
+from fennec_jax.benchmarks.bundled import benchmark_names, load_benchmark
+from fennec_jax.ranking.rank_job import RankJob, file_digest, run_rank_job
 
 _BENCHMARKS = flags.DEFINE_list("benchmarks", None, "Bundled benchmarks (default: all).")
 _RECORDS = flags.DEFINE_string("records", None, "Rank a user's records table instead of bundled data.")
 _MODEL_META = flags.DEFINE_string("model_meta", None, "Model metadata for --records.")
 _TASK_META = flags.DEFINE_string("task_meta", None, "Task metadata for --records.")
-_METHOD = flags.DEFINE_string("method", "fennec", "Ranking method (see --helpfull for the registry).")
+_METHOD = flags.DEFINE_string("method", "fennec", "Ranking method: NAME or NAME:key=value+... (see --helpfull).")
+_METHOD_CONFIG = flags.DEFINE_string("method_config", None, "key=value,... configuration of --method.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Keep the top k models per task (default: all).", lower_bound=1)
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Tasks per resumable shard.", lower_bound=1)
 _EVAL_PROBES = flags.DEFINE_integer("eval_probes", 3, "k for the leave-one-task-out check.", lower_bound=0)
@@ -33,20 +33,17 @@ _EVAL_SEEDS = flags.DEFINE_integer("eval_seeds", 5, "Seeds for the leave-one-tas
 _OUT = flags.DEFINE_string("out", "runs/rank_all", "Output folder.")
 
 
-def main(argv):
-    del argv
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
-        logging.set_verbosity(logging.WARNING)
-    method = by_name(get_method, _METHOD.value, "method")
+def main():
+    (method,) = cli.methods_from_flags([_METHOD.value], _METHOD_CONFIG.value, flag="method").values()
     if _RECORDS.value:
         if _BENCHMARKS.value:
-            raise app.UsageError("give --records or --benchmarks, not both")
-        benchmarks = [records_benchmark(_RECORDS.value, _MODEL_META.value, _TASK_META.value)]
+            raise cli.InputError("give --records or --benchmarks, not both")
+        benchmarks = [cli.records_benchmark(_RECORDS.value, _MODEL_META.value, _TASK_META.value)]
         source = "records:" + file_digest(_RECORDS.value)
     else:
-        benchmarks = [by_name(load_benchmark, name, "benchmarks") for name in (_BENCHMARKS.value or benchmark_names())]
+        benchmarks = [cli.by_name(load_benchmark, name, "benchmarks") for name in (_BENCHMARKS.value or benchmark_names())]
         source = "bundled"
-    job = RankJob(method=_METHOD.value, top_k=_TOP_K.value, shard_size=_SHARD_SIZE.value,
+    job = RankJob(method=method.name, top_k=_TOP_K.value, shard_size=_SHARD_SIZE.value,
                   eval_probes=_EVAL_PROBES.value, eval_seeds=_EVAL_SEEDS.value, source=source)
     start = time.perf_counter()
     summary = run_rank_job(benchmarks, method, job, _OUT.value, log=lambda msg: print(msg, flush=True))
@@ -63,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

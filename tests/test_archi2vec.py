@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.archi2vec: invariances of the encoder, training, vector maps."""
+"""Tests for fennec_jax.archs.archi2vec: invariances of the encoder, training, vector maps."""
 
 import dataclasses
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from fennec_jax import archi2vec
-from fennec_jax.graphs import OPS, ArchGraph
+from fennec_jax.archs import archi2vec
+from fennec_jax.archs.graphs import OPS, ArchGraph
 
 # Small and fast: the properties tested do not depend on width.
 CONFIG = archi2vec.Archi2VecConfig(hidden=16, embed_dim=8, rounds=3, heads=2, ensemble=2, batch_size=64,

@@ -13,7 +13,7 @@ import optax
 import pytest
 from flax.traverse_util import flatten_dict
 
-from fennec_jax import architectures as arch
+from fennec_jax.archs import architectures as arch
 
 # XLA options that more than halve CPU compile time of these deep nets; tests run each jit once.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

@@ -9,12 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fennec_jax import benchmark_builder as bb
-from fennec_jax import graphs
-from fennec_jax.data import load_records
-from fennec_jax.features import load_features
-from fennec_jax.proxy import ImageProxy, task_embedding
-from fennec_jax.transfer_space import Fennec, SpaceConfig
+from fennec_jax.benchmarks import builder as bb
+from fennec_jax.archs import graphs
+from fennec_jax.core.records import load_records
+from fennec_jax import estimators
+from fennec_jax.benchmarks.bundled import as_benchmark, attach_task_data
+from fennec_jax.core.records import records_from_matrix
+from fennec_jax.encoders.features import load_feature_dir, load_features
+from fennec_jax.eval import metrics, protocol
+from fennec_jax.methods.base import get_method
+from fennec_jax.encoders.proxy import ImageProxy, task_embedding
+from fennec_jax.methods.fennec import Fennec, SpaceConfig
 
 pytest.importorskip("sklearn")
 pytest.importorskip("skimage")
@@ -119,19 +124,39 @@ def test_graphs_and_features_files(built, tasks):
         np.testing.assert_allclose(data["embeddings"][2], task_embedding(feats, targets[2].train_y[:20]), atol=1e-5)
 
 
-def test_compare_methods_report(built):
+def test_built_benchmark_evaluates_through_the_one_loop(built):
+    """The builder's comparison is ``evaluate`` on its outputs: the proxy embeddings and the
+    features reach the methods as evidence of the held-out task, and nothing else of it."""
     out, _, resumed = built
-    proxies = bb.load_proxy_embeddings(os.path.join(out, "proxy.npz"), resumed.records.tasks)
-    report = bb.compare_methods(resumed.records, os.path.join(out, "features"), proxies,
-                                estimator_names=("logme", "leep"), extract_seconds=resumed.extract_seconds,
-                                proxy_seconds=resumed.proxy_seconds, probes=1, seeds=2,
-                                fennec=Fennec(configs=(SpaceConfig(d=2, d_data=0, steps=30),)))
-    assert report["models"] == 3 and report["tasks"] == 3
-    assert set(report["results"]) == {"popularity", "fennec_k1", "fennec_proxy_k0", "fennec_proxy_k1", "logme", "leep"}
-    for row in report["results"].values():
-        assert -1 <= row["weighted_tau"] <= 1 and row["top1_regret"] >= 0 and row["seconds_per_task"] >= 0
-    # an estimator's cost includes every candidate's forward pass over the target
-    assert report["results"]["logme"]["seconds_per_task"] >= np.median(list(resumed.extract_seconds.values()))
+    bench = attach_task_data(as_benchmark(resumed.records), proxies=os.path.join(out, "proxy.npz"),
+                             features_dir=os.path.join(out, "features"))
+    small = (SpaceConfig(d=2, d_data=0, steps=30),)
+    methods = {"popularity": get_method("popularity"), "fennec_proxy": Fennec(configs=small, name="fennec_proxy"),
+               "fennec": Fennec(configs=small, proxy=False), "logme": get_method("logme"), "leep": get_method("leep")}
+    report = protocol.evaluate(bench, methods, protocol.TasksOut(probes=(0, 1), seeds=2))
+    assert set(report["results"]) == set(methods)
+    records = resumed.records
+    for t, task in enumerate(records.tasks):
+        true = records.scores[t]
+        # Estimators: exactly the score of the task's feature files (k = 0: every model scored).
+        _, feats, labels, probs = load_feature_dir(os.path.join(out, "features", task), records.models)
+        for name in ("logme", "leep"):
+            pred = estimators.score_models(name, feats, labels, probs if name == "leep" else None)
+            expected = metrics.ranking_metrics(true, np.asarray(pred))["weighted_tau"]
+            assert report["results"][name]["0"]["per_task"][task]["weighted_tau"] == pytest.approx(float(expected))
+        # Popularity from the other tasks only: a version that saw the task would differ.
+        history = records.without_task(t)
+        z = np.where(history.mask, (history.scores - np.nanmean(history.scores, 1, keepdims=True))
+                     / np.nanstd(history.scores, 1, keepdims=True), 0.0)
+        expected = metrics.ranking_metrics(true, z.mean(0))["weighted_tau"]
+        assert report["results"]["popularity"]["0"]["per_task"][task]["weighted_tau"] == pytest.approx(float(expected))
+    # With the proxy the k = 0 prior comes from the task's embedding, without it from the mean task.
+    with_proxy = [report["results"]["fennec_proxy"]["0"]["per_task"][t]["weighted_tau"] for t in records.tasks]
+    without = [report["results"]["fennec"]["0"]["per_task"][t]["weighted_tau"] for t in records.tasks]
+    assert with_proxy != without
+    with pytest.raises(ValueError, match="no proxy embedding"):
+        attach_task_data(as_benchmark(records_from_matrix(["a", "b"], ["elsewhere"], np.ones((1, 2)))),
+                         proxies=os.path.join(out, "proxy.npz"))
 
 
 def test_depthwise_as_shifts_matches_the_grouped_convolution():

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import fennec_jax
-from fennec_jax import checkpoint, transfer_space as ts
-from fennec_jax.data import records_from_matrix
-from fennec_jax.methods import TaskEvidence
+from fennec_jax.core import checkpoint
+from fennec_jax.methods import fennec as ts
+from fennec_jax.core.records import records_from_matrix
+from fennec_jax.methods.base import TaskEvidence
 
 CONFIG = ts.SpaceConfig(d=2, d_data=2, steps=100, learning_rate=0.05)
 
@@ -45,8 +46,8 @@ def _evidences():
 
 def test_round_trip_gives_identical_rankings(space, tmp_path):
     path = str(tmp_path / "space")
-    checkpoint.save_space(path, space)
-    restored = checkpoint.restore_space(path)
+    ts.save_space(path, space)
+    restored = ts.restore_space(path)
     assert restored.models == space.models and restored.tasks == space.tasks
     assert restored.config == space.config and restored.datasets == space.datasets
     assert restored.task_encoder == space.task_encoder
@@ -59,22 +60,22 @@ def test_round_trip_gives_identical_rankings(space, tmp_path):
 
 def test_existing_and_missing_paths(space, tmp_path):
     path = str(tmp_path / "space")
-    checkpoint.save_space(path, space)
+    ts.save_space(path, space)
     with pytest.raises(checkpoint.CheckpointError, match="already exists"):
-        checkpoint.save_space(path, space)
-    checkpoint.save_space(path, space, overwrite=True)
-    assert checkpoint.restore_space(path).config == space.config
+        ts.save_space(path, space)
+    ts.save_space(path, space, overwrite=True)
+    assert ts.restore_space(path).config == space.config
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
-        checkpoint.restore_space(str(tmp_path / "nowhere"))
+        ts.restore_space(str(tmp_path / "nowhere"))
     assert issubclass(checkpoint.CheckpointError, ValueError)
 
 
 def test_other_package_version_is_refused(space, tmp_path, monkeypatch):
     path = str(tmp_path / "space")
-    checkpoint.save_space(path, space)
+    ts.save_space(path, space)
     monkeypatch.setattr(fennec_jax, "__version__", "999.0")
     with pytest.raises(checkpoint.CheckpointError, match="written by fennec_jax"):
-        checkpoint.restore_space(path)
+        ts.restore_space(path)
 
 
 def _data_files(path):
@@ -85,47 +86,47 @@ def _data_files(path):
 @orbax_abort_noise
 def test_truncated_checkpoint_is_refused(space, tmp_path):
     path = str(tmp_path / "space")
-    checkpoint.save_space(path, space)
+    ts.save_space(path, space)
     for name in _data_files(path):
         with open(name, "r+b") as f:
             f.truncate(os.path.getsize(name) // 2)
     with pytest.raises(checkpoint.CheckpointError, match="space"):
-        checkpoint.restore_space(path)
+        ts.restore_space(path)
 
 
 @orbax_abort_noise
 def test_corrupted_bytes_are_refused(space, tmp_path):
     path = str(tmp_path / "space")
-    checkpoint.save_space(path, space)
+    ts.save_space(path, space)
     for name in _data_files(path):
         data = bytearray(open(name, "rb").read())
         for i in range(len(data) // 2, len(data) // 2 + 8):
             data[i] ^= 0xFF
         open(name, "wb").write(bytes(data))
     with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupted|checksum"):
-        checkpoint.restore_space(path)
+        ts.restore_space(path)
 
 
 def test_edited_metadata_is_refused(space, tmp_path):
     path = str(tmp_path / "space")
-    checkpoint.save_space(path, space)
+    ts.save_space(path, space)
     meta_file = os.path.join(path, "meta", "metadata")
     meta = json.load(open(meta_file))
     meta["models"][0], meta["models"][1] = meta["models"][1], meta["models"][0]  # a silent relabelling
     json.dump(meta, open(meta_file, "w"))
     with pytest.raises(checkpoint.CheckpointError, match="checksum"):
-        checkpoint.restore_space(path)
+        ts.restore_space(path)
     open(meta_file, "w").write("{not json")
     with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
-        checkpoint.restore_space(path)
+        ts.restore_space(path)
 
 
 def test_arrays_from_another_checkpoint_are_refused(space, tmp_path):
     # Readable arrays of the right names and shapes, but not the ones the metadata describes.
     path, other = str(tmp_path / "space"), str(tmp_path / "other")
-    checkpoint.save_space(path, space)
-    checkpoint.save_space(other, dataclasses.replace(space, model_bias=space.model_bias + 1e-9))
+    ts.save_space(path, space)
+    ts.save_space(other, dataclasses.replace(space, model_bias=space.model_bias + 1e-9))
     shutil.rmtree(os.path.join(path, "arrays"))
     shutil.copytree(os.path.join(other, "arrays"), os.path.join(path, "arrays"))
     with pytest.raises(checkpoint.CheckpointError, match="checksum"):
-        checkpoint.restore_space(path)
+        ts.restore_space(path)

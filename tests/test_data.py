@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from fennec_jax.benchmarks import benchmark_names, load_benchmark
-from fennec_jax.data import RecordsError, load_metadata, load_records, standardize
+from fennec_jax.benchmarks.bundled import benchmark_names, load_benchmark
+from fennec_jax.core.records import RecordsError, load_metadata, load_records, standardize
 
 
 def write(tmp_path, name, text):

@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.engine: exact streaming top-k, sharding, ranking, validation."""
+"""Tests for fennec_jax.ranking.engine: exact streaming top-k, sharding, ranking, validation."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fennec_jax import engine
+from fennec_jax.ranking import engine
 
 
 def _zoo(num_models, num_tasks, dim=8, seed=0):
@@ -161,7 +161,7 @@ def test_one_device_mesh_equals_no_mesh():
 _FOUR_DEVICES = textwrap.dedent("""
     import json
     import jax, numpy as np
-    from fennec_jax import engine
+    from fennec_jax.ranking import engine
     rng = np.random.default_rng(0)
     mesh = engine.make_mesh()
     results = {"devices": jax.device_count(), "mesh_devices": mesh.devices.size,

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from fennec_jax import estimators, metrics
-from fennec_jax.features import load_features, save_features
+from fennec_jax import estimators
+from fennec_jax.eval import metrics
+from fennec_jax.encoders.features import load_features, save_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "estimate.py")
@@ -82,7 +83,7 @@ def _read_csv(path):
 def test_end_to_end_command_line(feature_dir, records_csv, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, SCRIPT, f"--features={feature_dir}", "--methods=logme,leep",
+        [sys.executable, "-m", "experiments.estimate", f"--features={feature_dir}", "--methods=logme,leep",
          f"--out={out}", f"--records={records_csv}", "--task=task_a"],
         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -132,7 +133,7 @@ def test_bad_inputs_name_the_flag_or_file(feature_dir, records_csv, tmp_path):
     out = str(tmp_path / "out")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="--features=.*empty.*no MODEL.npz"):
+    with pytest.raises(ValueError, match="empty: no MODEL.npz feature files found"):
         estimate.run(str(empty), ["logme"], out)
     with pytest.raises(ValueError, match="--methods: unknown estimator.*not_a_method"):
         estimate.run(str(feature_dir), ["logme", "not_a_method"], out)
@@ -161,7 +162,7 @@ def test_bad_inputs_name_the_flag_or_file(feature_dir, records_csv, tmp_path):
 
 def test_command_line_error_is_one_clear_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, SCRIPT, f"--features={tmp_path}", "--methods=logme",
+        [sys.executable, "-m", "experiments.estimate", f"--features={tmp_path}", "--methods=logme",
          f"--out={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode != 0
     assert "no MODEL.npz feature files found" in result.stderr
@@ -179,7 +180,7 @@ def test_command_line_reports_a_bad_feature_file_in_one_line(tmp_path):
     np.savez(tmp_path / "feats" / "bad.npz", features=features, labels=labels)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, SCRIPT, f"--features={tmp_path / 'feats'}", "--methods=logme",
+        [sys.executable, "-m", "experiments.estimate", f"--features={tmp_path / 'feats'}", "--methods=logme",
          f"--out={out}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == \

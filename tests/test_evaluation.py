@@ -5,14 +5,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fennec_jax import evaluation
-from fennec_jax.baselines import KnnTask, Popularity, Random
-from fennec_jax.benchmarks import load_benchmark
-from fennec_jax.methods import TaskEvidence, get_method, method_names
+from fennec_jax.eval import protocol as evaluation
+from fennec_jax.eval import reports
+from fennec_jax.methods.baselines import KnnTask, Popularity, Random
+from fennec_jax.benchmarks.bundled import load_benchmark
+from fennec_jax.methods.base import MethodBase, TaskEvidence, get_method, method_names
 
 
 @dataclasses.dataclass
-class Spy:
+class Spy(MethodBase):
     """Records what the protocol shows a method; predicts the (leaked-if-wrong) true scores."""
 
     benchmark: object
@@ -30,7 +31,7 @@ class Spy:
 def test_hidden_task_never_seen_and_probes_exact():
     bench = load_benchmark("parc_controlled")
     spy = Spy(bench)
-    evaluation.leave_one_task_out(bench, {"spy": spy}, probes=(0, 3), seeds=2)
+    evaluation.evaluate(bench, {"spy": spy}, evaluation.TasksOut(probes=(0, 3), seeds=2))
     assert len(spy.seen) == len(bench.targets) * 2 * 2
     for i, target in enumerate(bench.targets):
         for tasks, k, probes in spy.seen[4 * i: 4 * (i + 1)]:
@@ -50,8 +51,7 @@ def test_probe_models_are_never_scored():
             return s
 
     pop = Popularity()
-    report = evaluation.leave_one_task_out(
-        bench, {"pop": pop, "probes_first": ProbesFirst()}, probes=(3,), seeds=3)
+    report = evaluation.evaluate(bench, {"pop": pop, "probes_first": ProbesFirst()}, evaluation.TasksOut(probes=(3,), seeds=3))
     a, b = report["results"]["pop"]["3"]["mean"], report["results"]["probes_first"]["3"]["mean"]
     assert a == pytest.approx(b)
 
@@ -72,19 +72,18 @@ def test_probe_draw_is_shared_and_seeded():
     [("parc_controlled", 0.60), ("parc_all", 0.71), ("spider_single", 0.76), ("spider_multi", 0.52)],
 )
 def test_popularity_matches_published_reference(name, expected):
-    report = evaluation.leave_one_task_out(load_benchmark(name), {"popularity": Popularity()}, probes=(0,), seeds=1)
+    report = evaluation.evaluate(load_benchmark(name), {"popularity": Popularity()}, evaluation.TasksOut(probes=(0,), seeds=1))
     assert report["results"]["popularity"]["0"]["mean"]["weighted_tau"] == pytest.approx(expected, abs=0.006)
 
 
 def test_random_is_near_zero_and_knn_uses_probes():
     bench = load_benchmark("parc_all")
-    report = evaluation.leave_one_task_out(
-        bench, {"random": Random(), "knn": KnnTask(), "pop": Popularity()}, probes=(0, 5), seeds=10)
+    report = evaluation.evaluate(bench, {"random": Random(), "knn": KnnTask(), "pop": Popularity()}, evaluation.TasksOut(probes=(0, 5), seeds=10))
     res = report["results"]
     assert abs(res["random"]["5"]["mean"]["weighted_tau"]) < 0.15
     assert res["knn"]["0"]["mean"] == res["pop"]["0"]["mean"]  # k=0: knn falls back to popularity
     assert res["knn"]["5"]["mean"]["weighted_tau"] > res["pop"]["5"]["mean"]["weighted_tau"]
-    md = evaluation.to_markdown(report)
+    md = reports.to_markdown(report)
     assert "| knn | 5 |" in md and "cifar10" in md
 
 

@@ -12,7 +12,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from fennec_jax import estimators
-from fennec_jax import features as F
+from fennec_jax.encoders import features as F
 
 NUM_CLASSES = 10
 

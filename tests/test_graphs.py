@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.graphs: the graph type, batching, JSON lines, NAS-Bench-Graph and Flax import."""
+"""Tests for fennec_jax.archs.graphs: the graph type, batching, JSON lines, NAS-Bench-Graph and Flax import."""
 
 import collections
 import itertools
@@ -13,9 +13,9 @@ import nas_bench_graph as nbg_package  # The reference encoder (imports no torch
 import numpy as np
 import pytest
 
-from fennec_jax import graphs
-from fennec_jax import nas_bench_graph as nbg
-from fennec_jax._jraph import jraph
+from fennec_jax.archs import graphs
+from fennec_jax.archs import nas_bench_graph as nbg
+from fennec_jax.archs._jraph import jraph
 
 A = len(graphs.ATTRS)
 
@@ -483,7 +483,7 @@ def test_flax_accepts_shape_structs():
 
 
 def test_architecture_graph_traces_the_flax_definition():
-    from fennec_jax import architectures
+    from fennec_jax.archs import architectures
 
     g = architectures.graph("alexnet", num_classes=10)  # 224 x 224: the adaptive pool is the identity
     counts = g.op_counts()

@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.metrics: every metric against scipy or a NumPy reference."""
+"""Tests for fennec_jax.eval.metrics: every metric against scipy or a NumPy reference."""
 
 import warnings
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fennec_jax import metrics
+from fennec_jax.eval import metrics
 
 
 

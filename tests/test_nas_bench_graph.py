@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.nas_bench_graph against the installed nas-bench-graph 1.4.0 files."""
+"""Tests for fennec_jax.archs.nas_bench_graph against the installed nas-bench-graph 1.4.0 files."""
 
 import itertools
 import logging
@@ -8,8 +8,8 @@ import nas_bench_graph as nbg_package  # The reference encoder (imports no torch
 import numpy as np
 import pytest
 
-from fennec_jax import nas_bench_graph as nbg
-from fennec_jax import safe_pickle
+from fennec_jax.archs import nas_bench_graph as nbg
+from fennec_jax.core import safe_pickle
 
 NUM_ARCHS = 26_206  # Distinct canonical architectures of the search space (checked below).
 NUM_PROTEINS_ARCHS = 2_021

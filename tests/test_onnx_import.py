@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.onnx_import on small ONNX graphs built with onnx.helper."""
+"""Tests for fennec_jax.archs.onnx_import on small ONNX graphs built with onnx.helper."""
 
 import collections
 import logging
@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fennec_jax import graphs
+from fennec_jax.archs import graphs
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from fennec_jax.onnx_import import from_onnx  # noqa: E402
+from fennec_jax.archs.onnx_import import from_onnx  # noqa: E402
 
 
 def _model(nodes, inputs, outputs, weights, name="net"):

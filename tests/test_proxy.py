@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.proxy: the real ImageNet MobileNetV2 proxy on real photos, the CLIP image
+"""Tests for fennec_jax.encoders.proxy: the real ImageNet MobileNetV2 proxy on real photos, the CLIP image
 tower against a numpy reference, task embeddings (closed form, invariances) and the task map."""
 
 import importlib.util
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fennec_jax import features, proxy, weights
+from fennec_jax.encoders import features
+from fennec_jax.encoders import proxy
+from fennec_jax.encoders import weights
 
 # ------------------------------------------------------------------ preprocessing
 
@@ -217,37 +219,3 @@ def _ridge_loo(x, v, alpha):
     return float(np.mean(errors))
 
 
-def test_task_map_ridge_leave_one_out_matches_closed_form():
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(20, 6)) * rng.uniform(0.1, 10, 6)
-    v = x @ rng.normal(size=(6, 3)) + 0.05 * rng.normal(size=(20, 3))
-    task_map = proxy.fit_task_map(x, v, ridge_alphas=(1e-3, 1e-1), mlp_weight_decays=())
-    validation = dict(task_map.validation)
-    for alpha in (1e-3, 1e-1):
-        assert validation[f"ridge({alpha:g})"] == pytest.approx(_ridge_loo(x, v, alpha), rel=1e-6)
-    assert task_map.kind == "ridge" and validation[task_map.validation[0][0]] < 0.05 * validation["mean"]
-    pred = task_map.apply(x[:2])
-    assert pred.shape == (2, 3)
-    np.testing.assert_allclose(pred[0], task_map.apply(x[0]))
-    np.testing.assert_allclose(pred, v[:2], atol=0.3)
-
-
-def test_task_map_mlp_wins_on_a_nonlinear_map():
-    rng = np.random.default_rng(5)
-    x = rng.uniform(-2, 2, size=(30, 2))
-    v = np.stack([x[:, 0] ** 2, np.abs(x[:, 1])], axis=1)  # even functions: no linear signal
-    task_map = proxy.fit_task_map(x, v, ridge_alphas=(1e-2, 1.0), mlp_weight_decays=(1e-3,), mlp_steps=400)
-    validation = dict(task_map.validation)
-    assert task_map.kind == "mlp"
-    assert validation["mlp(0.001)"] < 0.3 * min(validation["ridge(0.01)"], validation["mean"])
-    np.testing.assert_allclose(task_map.apply(np.array([1.5, -1.0])), [2.25, 1.0], atol=0.6)
-
-
-def test_task_map_rejects_bad_input():
-    with pytest.raises(ValueError, match="at least 3"):
-        proxy.fit_task_map(np.ones((2, 4)), np.ones((2, 2)))
-    with pytest.raises(ValueError, match="same T"):
-        proxy.fit_task_map(np.ones((5, 4)), np.ones((4, 2)))
-    task_map = proxy.fit_task_map(np.random.default_rng(6).normal(size=(5, 4)), np.ones((5, 2)), mlp_weight_decays=())
-    with pytest.raises(ValueError, match=r"task_emb: expected shape \[4\]"):
-        task_map.apply(np.ones(3))

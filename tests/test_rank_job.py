@@ -4,10 +4,10 @@ import csv
 import os
 
 import numpy as np
-from fennec_jax.benchmarks import load_benchmark
-from fennec_jax.methods import get_method
-from fennec_jax.rank_job import RankJob, run_rank_job
-from fennec_jax.ranking import rank_tasks, task_evidence
+from fennec_jax.benchmarks.bundled import load_benchmark
+from fennec_jax.methods.base import get_method
+from fennec_jax.ranking.rank_job import RankJob, run_rank_job
+from fennec_jax.ranking.rank import rank_tasks, task_evidence
 
 
 def read_rows(path):
@@ -86,8 +86,8 @@ def test_vector_path_matches_score_path():
 
 
 def test_single_task_benchmark_has_no_loto_check(tmp_path):
-    from fennec_jax.benchmarks import as_benchmark
-    from fennec_jax.data import records_from_matrix
+    from fennec_jax.benchmarks.bundled import as_benchmark
+    from fennec_jax.core.records import records_from_matrix
 
     records = records_from_matrix(["a", "b", "c"], ["only"], np.array([[1.0, 3.0, 2.0]]))
     summary = run_rank_job([as_benchmark(records, "one")], get_method("popularity"),
@@ -102,9 +102,9 @@ def test_rank_all_program_reports_bad_records_in_one_line(tmp_path):
 
     bad = tmp_path / "bad.csv"
     bad.write_text("model,task,score\na,t,1\nb,t,oops\n")
-    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "rank_all.py")
-    done = subprocess.run([sys.executable, script, f"--records={bad}", f"--out={tmp_path / 'out'}"],
-                          capture_output=True, text=True, timeout=300)
+    root = os.path.join(os.path.dirname(__file__), "..")
+    done = subprocess.run([sys.executable, "-m", "experiments.rank_all", f"--records={bad}", f"--out={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 1
     assert f"error: {bad}: line 3: score 'oops' is not a number" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
@@ -114,9 +114,9 @@ def test_rank_all_program_reports_an_unknown_method_in_one_line(tmp_path):
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "rank_all.py")
-    done = subprocess.run([sys.executable, script, "--method=spidr", f"--out={tmp_path / 'out'}"],
-                          capture_output=True, text=True, timeout=300)
+    root = os.path.join(os.path.dirname(__file__), "..")
+    done = subprocess.run([sys.executable, "-m", "experiments.rank_all", "--method=spidr", f"--out={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 1
     assert "error: --method: unknown method 'spidr'; choose from" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
@@ -124,7 +124,8 @@ def test_rank_all_program_reports_an_unknown_method_in_one_line(tmp_path):
 
 def test_spider_state_is_checkpointed_and_reused_on_resume(tmp_path):
     import fennec_jax as fj
-    from fennec_jax import checkpoint, spider
+    from fennec_jax.core import checkpoint
+    from fennec_jax.methods import spider
 
     rng = np.random.default_rng(0)
     scores = 70 + 5 * (np.linspace(2, -2, 8)[None, :] + 0.3 * rng.standard_normal((10, 8)))

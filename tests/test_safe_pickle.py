@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.safe_pickle: allowlisted globals load, everything else is refused unrun."""
+"""Tests for fennec_jax.core.safe_pickle: allowlisted globals load, everything else is refused unrun."""
 
 import builtins
 import collections
@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fennec_jax import safe_pickle
+from fennec_jax.core import safe_pickle
 
 
 class _Calls:

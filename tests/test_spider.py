@@ -1,4 +1,4 @@
-"""Model Spider (fennec_jax.spider): loss, training, rank-only supervision, engine scoring,
+"""Model Spider (fennec_jax.methods.spider): loss, training, rank-only supervision, engine scoring,
 re-ranking, checkpoints, bad inputs, and the registered method in leave-one-task-out."""
 
 import dataclasses
@@ -9,9 +9,10 @@ import pytest
 import scipy.stats
 
 import fennec_jax as fj
-from fennec_jax import engine, spider
-from fennec_jax.checkpoint import CheckpointError
-from fennec_jax.methods import TaskEvidence
+from fennec_jax.ranking import engine
+from fennec_jax.methods import spider
+from fennec_jax.core.checkpoint import CheckpointError
+from fennec_jax.methods.base import TaskEvidence
 
 T, M = 12, 8
 # Small and short: every test fit shares these shapes, so the fit compiles once per widths.
@@ -166,7 +167,7 @@ def test_registered_spider_in_leave_one_task_out():
                                    np.concatenate([records.scores, records.scores[:1] + 0.5]))
     bench = fj.as_benchmark(extra, targets=("t0", "new"))
     methods = {"spider": fj.get_method("spider", config=CONFIG), "random": fj.get_method("random")}
-    report = fj.leave_one_task_out(bench, methods, probes=(0, 3), seeds=2, history="all")
+    report = fj.evaluate(bench, methods, fj.TasksOut(probes=(0, 3), seeds=2, history="all"))
     spider_tau = report["results"]["spider"]["0"]["mean"]["weighted_tau"]
     random_tau = report["results"]["random"]["0"]["mean"]["weighted_tau"]
     assert spider_tau > 0.8 > random_tau

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from fennec_jax import transfer_space as ts
-from fennec_jax.data import records_from_matrix, standardize
-from fennec_jax.methods import TaskEvidence, get_method
+from fennec_jax.core.ridge import RidgeMap
+from fennec_jax.methods import fennec as ts
+from fennec_jax.core.records import records_from_matrix, standardize
+from fennec_jax.methods.base import TaskEvidence, get_method
 
 # One config shape for most tests keeps compilation to a few programs.
 PLAIN = ts.SpaceConfig(d=2, d_data=0, l2_free=0.01, l2_side=0.1, steps=400, learning_rate=0.05)
@@ -134,11 +135,12 @@ def test_proxy_map_on_synthetic_features(planted_space):
     predicted = with_map.prior_task_vector(proxy=new_vec @ mixing)
     np.testing.assert_allclose(predicted, new_vec, atol=0.1)
     # The map is an ordinary ridge regression with an unpenalised intercept.
-    fitted = ts.ProxyMap.fit(proxies, space.task_vecs, l2=0.5)
+    fitted = RidgeMap.fit(proxies, space.task_vecs, l2=0.5)
     x = np.c_[np.ones(len(proxies)), proxies - proxies.mean(0)]
     penalty = np.diag([0.0] + [0.5] * 6)
     coef = np.linalg.solve(x.T @ x + penalty, x.T @ space.task_vecs)
     np.testing.assert_allclose(fitted.weights, coef[1:], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(fitted.bias, coef[0] - proxies.mean(0) @ coef[1:], rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="width 6"):
         with_map.prior_task_vector(proxy=np.ones(5))
     with pytest.raises(ValueError, match="proxy map"):
@@ -253,8 +255,8 @@ def test_bad_configs_and_history_raise(planted_space):
 def test_registered_methods_rank_every_model():
     records, scores = planted(num_tasks=6, num_models=12, seed=4, observed=1.0)
     history = records.without_task(0)
-    for name in ("fennec_nmf", "fennec_mf"):
-        method = get_method(name, steps=50)
+    for preset in ("nmf", "mf"):
+        method = get_method("fennec", preset=preset, steps="50")
         state = method.fit(history, seed=0)
         out = method.score(state, TaskEvidence(np.array([0, 1, 2]), scores[0, :3]))
         assert out.shape == (records.num_models,) and np.all(np.isfinite(out))

@@ -1,4 +1,4 @@
-"""Tests for fennec_jax.weights: torch checkpoints (zip and legacy) and safetensors read without
+"""Tests for fennec_jax.encoders.weights: torch checkpoints (zip and legacy) and safetensors read without
 torch, refused when malicious, and laid out as Flax variables that compute what torch computes."""
 
 import collections
@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from fennec_jax import architectures, safe_pickle, weights
+from fennec_jax.archs import architectures
+from fennec_jax.core import safe_pickle
+from fennec_jax.encoders import weights
 
 # ------------------------------------------------------------------ a hand-made torch.save
 

@@ -4,6 +4,7 @@ one entry point for one model (:func:`score`) or many (:func:`score_models`)."""
 import dataclasses
 from typing import Callable
 
+from fennec_jax.core.registry import Registry
 from fennec_jax.estimators import _batch
 from fennec_jax.estimators.etran import etran, etran_models
 from fennec_jax.estimators.gbc import gbc, gbc_diagonal, gbc_diagonal_core, gbc_spherical_core
@@ -64,7 +65,8 @@ def _entry(name, variant, inputs, function, models=None, core=None, normalised=F
                      models or _core_models(core, name, inputs))
 
 
-ESTIMATORS = {e.name: e for e in [
+ESTIMATORS: Registry[Estimator] = Registry("estimator")
+for _estimator in [
     _entry("logme", "LogME fixed-point (You et al. 2021/2022), float64", _FEATURES,
            logme, core=logme_core),
     _entry("leep", "LEEP (Nguyen et al. 2020)", _PROBS, leep, core=leep_core),
@@ -94,19 +96,18 @@ ESTIMATORS = {e.name: e for e in [
            _FEATURES, pactran_gauss, core=pactran_gauss_core),
     _entry("pactran_dir", "-PACTran-Dirichlet, alpha = 1 (Ding et al. 2022)", _PROBS,
            pactran_dir, core=pactran_dir_core),
-]}
+]:
+    ESTIMATORS.register(_estimator.name, _estimator)
 
 
 def method_names():
     """Registered estimator names, in registry order."""
-    return list(ESTIMATORS)
+    return list(ESTIMATORS.names())
 
 
 def get(name):
     """The :class:`Estimator` called ``name``; ValueError listing the names otherwise."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name]
+    return ESTIMATORS.get(name)
 
 
 def needs_probs(name):

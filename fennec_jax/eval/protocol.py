@@ -1,0 +1,329 @@
+"""One evaluation loop for every ranking method, with pluggable splits.
+
+:func:`evaluate` runs a set of methods (the one protocol of :mod:`fennec_jax.methods.base`)
+on a benchmark under one split:
+
+* :class:`TasksOut` (leave-one-task-out, the new-task setting): each target task t in turn is
+  hidden entirely; the method is fitted on the history tasks other than t (``history=
+  'targets'``: the other targets only; ``'all'``: every other task, history-only tasks
+  included). For each k in ``probes`` and each seed, the true scores on t of k probe models
+  drawn at random (:func:`probe_draw`: the draw depends only on (seed, t, k), so every method
+  sees the same probes) are revealed, with t's name and metadata, its proxy embedding
+  (``task_side["proxy"]``) and the models' forward-pass features when the benchmark carries
+  them, never t's other scores. Metrics (``metrics.ranking_metrics``: weighted tau, Kendall
+  tau-b, Spearman, Pearson, top-1 regret in the task's units) are computed on t's evaluated
+  models that are not probes; mean over seeds per task, then over tasks.
+* :class:`ModelsOut` (cold-start models): ``folds`` partition the models; for each fold every
+  cell of its models is hidden (``Records.hide_models``: names, metadata and side
+  information stay) and the method, fitted on the rest, predicts them on every task
+  (``method.complete(state) -> scores[T, M]`` where the method has it, else one ``score`` per
+  task from the task's visible cells). The folds' predictions are assembled and scored per
+  task over all observed models: Kendall tau-b and weighted tau, mean over tasks.
+* :class:`ArchitecturesOut` (cold-start architectures): for each train size n and seed s, the
+  same random n models (``numpy.random.default_rng(s)``) keep their records and every other
+  model is hidden; each method predicts the hidden ones from their side information (e.g.
+  their graphs); Kendall tau-b and Spearman per task over the hidden observed models, mean
+  over seeds, then tasks.
+
+Inner validation inside ``fennec`` and ``spider`` scores held-out history tasks the same way
+(:func:`validation_draws`, :func:`validation_tau`).
+
+Every report has one shape, rendered by :mod:`fennec_jax.eval.reports`::
+
+    {"benchmark", "protocol": {...}, "settings": [...], "metrics": [...],
+     "results": {METHOD: {SETTING: {"mean": {metric: v}, "se": {metric: v},
+                                    "per_task": {TASK: {metric: v}}}}},
+     "seconds": {METHOD: s}}
+
+with ``se`` the standard error of the mean over tasks (and seeds where they vary).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from fennec_jax.core.evidence import TaskEvidence
+from fennec_jax.core.records import Benchmark, Records
+from fennec_jax.eval import metrics
+
+__all__ = [
+    "METRIC_KEYS",
+    "TasksOut",
+    "ModelsOut",
+    "ArchitecturesOut",
+    "evaluate",
+    "probe_draw",
+    "validation_draws",
+    "validation_tau",
+    "model_folds",
+    "history_predictions",
+]
+
+METRIC_KEYS = ("weighted_tau", "kendall", "spearman", "pearson", "top1_regret")
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def probe_draw(candidates: np.ndarray, k: int, seed: int, task: int) -> np.ndarray:
+    """``probes[k]``: k distinct entries of ``candidates`` drawn from (seed, task, k) alone."""
+    if k > len(candidates):
+        raise ValueError(f"k = {k} probes requested but the task has only {len(candidates)} evaluated models")
+    rng = np.random.default_rng([seed, task, k])
+    return np.sort(rng.choice(candidates, size=k, replace=False)) if k else np.zeros(0, dtype=int)
+
+
+def validation_draws(rng: np.random.Generator, observed: np.ndarray, probes: Sequence[int],
+                     draws: int) -> list[tuple[int, np.ndarray]]:
+    """Probe draws for one held-out history task in a method's inner validation: for each k
+    in ``probes``, one empty draw when k = 0, else ``draws`` sorted draws of k of the
+    ``observed`` models from ``rng`` (in that order: the draws a method's validation sees
+    depend only on its rng)."""
+    out = []
+    for k in probes:
+        for _ in range(draws if k else 1):
+            out.append((int(k), np.sort(rng.choice(observed, size=k, replace=False)) if k else np.zeros(0, int)))
+    return out
+
+
+def validation_tau(trues: Sequence[np.ndarray], preds: Sequence[np.ndarray], valids: Sequence[np.ndarray],
+                   groups: Sequence[int], weights: Sequence[float] | None = None, *,
+                   skip_undefined: bool = False) -> np.ndarray:
+    """``tau[G]``: for each group (a candidate configuration), the weighted mean over its
+    held-out draws of the weighted tau of ``preds[i]`` against ``trues[i]`` over ``valids[i]``;
+    a draw with an undefined tau (fewer than 2 valid models, constant scores) counts 0, or is
+    left out with ``skip_undefined``. ``weights`` default 1 (a plain mean)."""
+    taus = np.asarray(metrics.weighted_tau(np.stack(trues), np.stack(preds), np.stack(valids)), dtype=np.float64)
+    groups = np.asarray(groups, dtype=int)
+    weights = np.ones(len(taus)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if skip_undefined:
+        weights = np.where(np.isfinite(taus), weights, 0.0)
+    taus = np.nan_to_num(taus)
+    size = int(groups.max()) + 1
+    return np.bincount(groups, weights * taus, size) / np.bincount(groups, weights, size)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksOut:
+    """Leave-one-task-out with k probes (module docstring)."""
+
+    probes: tuple[int, ...] = (0, 1, 3, 5)
+    seeds: int = 10
+    history: str = "targets"
+    kind = "tasks_out"
+
+    def describe(self, benchmark: Benchmark) -> dict:
+        return {"kind": "leave-one-task-out", "probes": [int(k) for k in self.probes], "seeds": int(self.seeds),
+                "history": self.history, "targets": list(benchmark.targets),
+                "weighted_tau": "scipy.stats.weightedtau(true, pred, rank=None)",
+                "aggregation": "mean over seeds, then per task, then over tasks; se over tasks"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelsOut:
+    """Cold-start models: ``folds`` (index arrays partitioning the models) hidden in turn
+    (``hide=False``: nothing hidden, the reference a method reaches with every record)."""
+
+    folds: tuple[np.ndarray, ...]
+    label: str = "models_out"
+    hide: bool = True
+    kind = "models_out"
+
+    def describe(self, benchmark: Benchmark) -> dict:
+        return {"kind": self.label, "folds": [np.asarray(f).tolist() for f in self.folds],
+                "aggregation": "folds' predictions assembled, metrics per task over observed models, "
+                               "mean over tasks with >= 2 observed models; se over tasks"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitecturesOut:
+    """Cold-start architectures: n random models keep their records, the rest are predicted."""
+
+    train_sizes: tuple[int, ...] = (100, 1000)
+    seeds: int = 3
+    kind = "architectures_out"
+
+    def describe(self, benchmark: Benchmark) -> dict:
+        return {"kind": "architectures-out", "train_sizes": [int(n) for n in self.train_sizes],
+                "seeds": int(self.seeds),
+                "aggregation": "per task over the held-out models, mean over seeds, then tasks; se over seeds"}
+
+
+def model_folds(num_models: int, num_folds: int, seed: int, groups: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Index arrays partitioning range(num_models): ``num_folds`` random folds of near-equal
+    size, or with ``groups[M]`` one fold per distinct group (e.g. per architecture family)."""
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (num_models,):
+            raise ValueError(f"groups: expected {num_models} labels, got shape {groups.shape}")
+        return [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
+    if not 2 <= num_folds <= num_models:
+        raise ValueError(f"num_folds: expected 2..{num_models}, got {num_folds}")
+    order = np.random.default_rng(seed).permutation(num_models)
+    return [np.sort(fold) for fold in np.array_split(order, num_folds)]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def evaluate(benchmark: Benchmark, methods: Mapping[str, object], split, *,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Runs ``split`` (:class:`TasksOut`, :class:`ModelsOut` or :class:`ArchitecturesOut`) for
+    every method of ``methods`` (name -> method) on ``benchmark``; returns the report (module
+    docstring). ``progress`` is called with a short message after each fit."""
+    run = {"tasks_out": _tasks_out, "models_out": _models_out, "architectures_out": _architectures_out}[split.kind]
+    results, seconds, settings, metric_keys = run(benchmark, methods, split, progress or (lambda msg: None))
+    for by_setting in results.values():
+        for entry in by_setting.values():
+            _summarise(entry, metric_keys)
+    return {"benchmark": benchmark.name, "protocol": split.describe(benchmark), "settings": settings,
+            "metrics": list(metric_keys), "results": results, "seconds": seconds}
+
+
+def _summarise(entry: dict, keys: Sequence[str]) -> None:
+    """Adds ``mean`` and ``se`` over the per-task values (or the per-seed means, if given)."""
+    entry["mean"], entry["se"] = {}, {}
+    for key in keys:
+        values = np.array([v[key] for v in entry["per_task"].values()], dtype=np.float64)
+        spread = entry.get("seed_means", {}).get(key)
+        sample = np.asarray(spread, dtype=np.float64) if spread is not None else values
+        sample = sample[np.isfinite(sample)]
+        entry["mean"][key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        entry["se"][key] = float(sample.std(ddof=1) / np.sqrt(sample.size)) if sample.size > 1 else float("nan")
+
+
+def _check(name: str, pred: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.shape != shape or not np.all(np.isfinite(pred)):
+        raise ValueError(f"method {name!r} returned scores of shape {pred.shape} (expected {shape}) "
+                         f"or non-finite scores")
+    return pred
+
+
+def _task_inputs(benchmark: Benchmark, task: int) -> dict:
+    """What a user brings of task index ``task`` besides its scores: name and metadata, proxy
+    embedding, per-model forward-pass features."""
+    records = benchmark.records
+    extra = {"metadata": records.task_metadata(task)}
+    if "proxy" in records.task_side:
+        extra["proxy"] = np.asarray(records.task_side["proxy"][task])
+    if benchmark.features is not None:
+        extra.update(benchmark.features(records.tasks[task]))
+    return extra
+
+
+def _tasks_out(benchmark, methods, split: TasksOut, progress):
+    records = benchmark.records
+    history_pool = benchmark.history_tasks(split.history)
+    results = {name: {str(k): {"per_task": {}} for k in split.probes} for name in methods}
+    seconds = {name: 0.0 for name in methods}
+    for ti in benchmark.target_indices:
+        task = records.tasks[ti]
+        hist = records.select_tasks(history_pool[history_pool != ti])
+        true = records.scores[ti]
+        candidates = np.flatnonzero(benchmark.eval_mask[ti])
+        draws = {(k, s): probe_draw(candidates, k, s, int(ti)) for k in split.probes for s in range(split.seeds)}
+        inputs = _task_inputs(benchmark, ti)
+        for name, method in methods.items():
+            start = time.perf_counter()
+            state = method.fit(hist, seed=0)
+            for k in split.probes:
+                evidences, masks = [], []
+                for s in range(split.seeds):
+                    chosen = draws[(k, s)]
+                    evidences.append(TaskEvidence(chosen, true[chosen], seed=s, **inputs))
+                    mask = benchmark.eval_mask[ti].copy()
+                    mask[chosen] = False
+                    masks.append(mask)
+                pred = _check(name, method.score_batch(state, evidences), (split.seeds, records.num_models))
+                values = metrics.ranking_metrics(np.broadcast_to(true, pred.shape), pred, np.stack(masks))
+                results[name][str(k)]["per_task"][task] = {
+                    key: float(np.nanmean(np.asarray(values[key]))) for key in METRIC_KEYS}
+            seconds[name] += time.perf_counter() - start
+            progress(f"{benchmark.name}: {name} on {task}")
+    return results, seconds, [str(k) for k in split.probes], METRIC_KEYS
+
+
+def history_predictions(method, state, history: Records) -> np.ndarray:
+    """``scores[T, M]``: the method's predictions for every model on every history task:
+    ``method.complete(state)`` where the method has it, else one ``score`` per task from the
+    task's visible cells as probes, with its name and metadata."""
+    if hasattr(method, "complete"):
+        return np.asarray(method.complete(state), dtype=np.float64)
+    evidences = []
+    for t in range(history.num_tasks):
+        observed = np.flatnonzero(history.mask[t])
+        evidences.append(TaskEvidence(observed, history.scores[t, observed], metadata=history.task_metadata(t)))
+    return np.asarray(method.score_batch(state, evidences), dtype=np.float64)
+
+
+def _models_out(benchmark, methods, split: ModelsOut, progress):
+    records = benchmark.records
+    folds = [np.asarray(f, dtype=int) for f in split.folds]
+    if not folds or np.sort(np.concatenate(folds)).tolist() != list(range(records.num_models)):
+        raise ValueError(f"folds: expected a partition of the {records.num_models} models")
+    keys = ("kendall", "weighted_tau")
+    results, seconds = {}, {}
+    true = np.where(records.mask, records.scores, 0.0)
+    scored = records.mask.sum(1) >= 2
+    for name, method in methods.items():
+        pred, spent = np.zeros(records.scores.shape), 0.0
+        for i, fold in enumerate(folds):
+            start = time.perf_counter()
+            history = records.hide_models(fold) if split.hide else records
+            fold_pred = history_predictions(method, method.fit(history, seed=0), history)
+            spent += time.perf_counter() - start
+            pred[:, fold] = _check(name, fold_pred[:, fold], (records.num_tasks, fold.size))
+            progress(f"{name} fold {i}")
+        kendall = np.asarray(metrics.kendall_tau(true, pred, records.mask), np.float64)
+        weighted = np.asarray(metrics.weighted_tau(true, pred, records.mask), np.float64)
+        results[name] = {"all": {"per_task": {task: {"kendall": float(kendall[t]), "weighted_tau": float(weighted[t])}
+                                              for t, task in enumerate(records.tasks) if scored[t]}}}
+        seconds[name] = spent
+    return results, seconds, ["all"], keys
+
+
+def _architectures_out(benchmark, methods, split: ArchitecturesOut, progress):
+    records = benchmark.records
+    num_models = records.num_models
+    sizes = [int(n) for n in split.train_sizes]
+    if not sizes or any(not 2 <= n <= num_models - 2 for n in sizes):
+        raise ValueError(f"train_sizes: expected sizes in [2, {num_models - 2}], got {list(split.train_sizes)}")
+    if not isinstance(split.seeds, int) or split.seeds < 1:
+        raise ValueError(f"seeds: expected an int >= 1, got {split.seeds!r}")
+    keys = ("kendall", "spearman")
+    tasks = records.tasks
+    results = {name: {} for name in methods}
+    seconds = dict.fromkeys(methods, 0.0)
+    for n in sizes:
+        values = {name: np.zeros((split.seeds, 2, len(tasks))) for name in methods}  # [S, kendall|spearman, T]
+        for seed in range(split.seeds):
+            order = np.random.default_rng(seed).permutation(num_models)
+            test = order[n:]
+            history = records.hide_models(test)
+            true = np.where(records.mask[:, test], records.scores[:, test], 0.0)
+            test_mask = records.mask[:, test]
+            for name, method in methods.items():
+                start = time.perf_counter()
+                pred = history_predictions(method, method.fit(history, seed), history)
+                seconds[name] += time.perf_counter() - start
+                pred = _check(name, pred[:, test], true.shape)
+                values[name][seed, 0] = metrics.kendall_tau(true, pred, test_mask)
+                values[name][seed, 1] = metrics.spearman(true, pred, test_mask)
+                progress(f"{name} n={n} seed={seed}")
+        for name in methods:
+            by_task = values[name].mean(0)  # [2, T]
+            results[name][str(n)] = {
+                "per_task": {task: {"kendall": float(by_task[0, t]), "spearman": float(by_task[1, t])}
+                             for t, task in enumerate(tasks)},
+                "seed_means": {"kendall": values[name][:, 0].mean(1).tolist(),
+                               "spearman": values[name][:, 1].mean(1).tolist()},
+            }
+    return results, seconds, [str(n) for n in sizes], keys

@@ -1,0 +1,156 @@
+"""Simple ranking baselines: random, popularity, knn_task, family_popularity.
+
+All work on per-task z-scores of the history (:func:`fennec_jax.core.records.standardize`), so
+tasks on different scales (accuracy %, negative error, ranks) mix on equal terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from fennec_jax.core.evidence import TaskEvidence
+from fennec_jax.core.records import Records, standardize
+from fennec_jax.methods.base import CompletionMethod, MethodBase, register
+
+__all__ = ["Random", "Popularity", "KnnTask", "FamilyPopularity", "popularity_scores", "weighted_task_average",
+           "family_popularity"]
+
+
+def weighted_task_average(z: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``pred[M]``: per-model average of ``z[T, M]`` over observed tasks, task weights ``w[T]``.
+
+    A model observed on no task with positive weight gets 0 (the mean z-score).
+    """
+    w = np.where(mask, weights[:, None], 0.0)
+    total = w.sum(0)
+    return np.where(total > 0, (w * z).sum(0) / np.where(total > 0, total, 1.0), 0.0)
+
+
+def popularity_scores(history: Records) -> np.ndarray:
+    """``pop[M]``: mean over history tasks of each model's per-task z-scored score."""
+    return weighted_task_average(history.standardized(), history.mask, np.ones(history.num_tasks))
+
+
+@register("random")
+@dataclasses.dataclass(frozen=True)
+class Random(MethodBase):
+    """Uniformly random scores: the floor every method must clear."""
+
+    name: str = "random"
+
+    def fit(self, history: Records, seed: int = 0):
+        return {"num_models": history.num_models, "seed": seed}
+
+    def score(self, state, evidence: TaskEvidence) -> np.ndarray:
+        rng = np.random.default_rng([state["seed"], evidence.seed, *evidence.probe_models.tolist()])
+        return rng.standard_normal(state["num_models"])
+
+
+@register("popularity")
+@dataclasses.dataclass(frozen=True)
+class Popularity(MethodBase):
+    """Mean z-scored history score per model; ignores the task's evidence."""
+
+    name: str = "popularity"
+
+    def fit(self, history: Records, seed: int = 0):
+        return popularity_scores(history)
+
+    def score(self, state, evidence: TaskEvidence) -> np.ndarray:
+        return np.asarray(state)
+
+
+@register("knn_task")
+@dataclasses.dataclass(frozen=True)
+class KnnTask(MethodBase):
+    """Historical tasks weighted by how well they agree with the probe scores.
+
+    With k >= 2 probes, each history task t gets weight ``max(corr_t, 0) ** power``, where
+    ``corr_t`` is the Pearson correlation between the probe scores and task t's z-scores on
+    the probe models it observed (at least 2). A model's score is the weighted mean of its
+    z-scores. With k < 2, or no positively correlated task, it is popularity.
+    """
+
+    power: float = 2.0
+    name: str = "knn_task"
+
+    def fit(self, history: Records, seed: int = 0):
+        return {"z": history.standardized(), "mask": history.mask}
+
+    def score(self, state, evidence: TaskEvidence) -> np.ndarray:
+        z, mask = state["z"], state["mask"]
+        weights = np.ones(z.shape[0])
+        if evidence.k >= 2:
+            corr = _masked_correlation(evidence.probe_scores, z[:, evidence.probe_models], mask[:, evidence.probe_models])
+            positive = np.maximum(corr, 0.0) ** self.power
+            if positive.sum() > 0:
+                weights = positive
+        return weighted_task_average(z, mask, weights)
+
+
+def _masked_correlation(y: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``corr[T]``: Pearson correlation of ``y[k]`` with each row of ``x[T, k]`` over ``mask``.
+
+    Rows with fewer than 2 observed entries or zero variance get 0.
+    """
+    n = mask.sum(1)
+    yb = np.broadcast_to(y, x.shape)
+    n_safe = np.maximum(n, 1)
+    my = np.where(mask, yb, 0).sum(1) / n_safe
+    mx = np.where(mask, x, 0).sum(1) / n_safe
+    dy = np.where(mask, yb - my[:, None], 0)
+    dx = np.where(mask, x - mx[:, None], 0)
+    cov = (dx * dy).sum(1)
+    denom = np.sqrt((dx**2).sum(1) * (dy**2).sum(1))
+    ok = (n >= 2) & (denom > 1e-12)
+    return np.where(ok, cov / np.where(ok, denom, 1.0), 0.0)
+
+
+def family_popularity(history: Records, family: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
+    """``pred[T, M]``: each model's score on each task predicted as the mean z-score
+    (`core.records.standardize`) of the observed models of its family on that task; for a family
+    with no observed model, the family whose mean embedding (``embeddings[M, E]``, e.g. of
+    the architecture graph) is nearest (Euclidean), or without embeddings the mean over all
+    observed models."""
+    family = np.asarray(family)
+    if family.shape != (history.num_models,):
+        raise ValueError(f"family: expected {history.num_models} labels, got shape {family.shape}")
+    z = np.where(history.mask, standardize(history.scores, history.mask), 0.0)
+    seen = history.mask.any(0)
+    names = list(dict.fromkeys(family.tolist()))
+    means, centres = {}, {}
+    for name in names:
+        members = (family == name) & seen
+        if members.any():
+            means[name] = z[:, members].sum(1) / np.maximum(history.mask[:, members].sum(1), 1)
+            if embeddings is not None:
+                centres[name] = np.asarray(embeddings)[members].mean(0)
+    overall = z.sum(1) / np.maximum(history.mask.sum(1), 1)
+    pred = np.zeros(history.scores.shape)
+    for m, name in enumerate(family):
+        if name not in means and centres:
+            name = min(centres, key=lambda f: np.linalg.norm(centres[f] - np.asarray(embeddings)[m]))
+        pred[:, m] = means.get(name, overall)
+    return pred
+
+
+@register("family_popularity")
+@dataclasses.dataclass(frozen=True)
+class FamilyPopularity(CompletionMethod):
+    """Each model scored by the mean z-score of its architecture family (model metadata
+    ``family``) on the task (:func:`family_popularity`): a cold-start baseline for models
+    without records. A family with no visible model takes the family nearest in
+    ``history.model_side["embedding"]`` when given. A new task gets the mean over tasks."""
+
+    name: str = "family_popularity"
+
+    def fit(self, history: Records, seed: int = 0):
+        if "family" not in history.model_meta:
+            raise ValueError("family_popularity: the records have no model metadata column 'family'")
+        embeddings = history.model_side.get("embedding")
+        pred = family_popularity(history, np.asarray(history.model_meta["family"]).astype(str),
+                                 None if embeddings is None else np.stack(embeddings))
+        return {"pred": pred, "tasks": np.asarray(history.tasks)}
