@@ -7,6 +7,7 @@ import pytest
 import scipy.stats
 
 from fennec_jax.archs import archi2vec
+from fennec_jax.methods.cold_start import GraphFeatures
 from fennec_jax.archs.graphs import OPS, ArchGraph
 
 # Small and fast: the properties tested do not depend on width.
@@ -191,7 +192,7 @@ def test_graph_features_embed_each_model_by_its_graph():
     rng = np.random.default_rng(13)
     a, b = _random_dag(rng, "a", 5), _random_dag(rng, "b", 8)
     model = archi2vec.init_model(CONFIG, seed=0)
-    features = archi2vec.GraphFeatures(model, {"m1": a, "m2": b, "m3": a})(["m1", "m2", "m3", "m4"])
+    features = GraphFeatures(model, {"m1": a, "m2": b, "m3": a})(["m1", "m2", "m3", "m4"])
     width = CONFIG.ensemble * CONFIG.embed_dim
     assert features.shape == (4, width + 1)
     np.testing.assert_allclose(features[0, :width], archi2vec.embed(model, [a])[0], rtol=1e-5, atol=1e-6)
@@ -199,4 +200,4 @@ def test_graph_features_embed_each_model_by_its_graph():
     np.testing.assert_array_equal(features[:, width], [1, 1, 1, 0])  # m4 has no graph
     assert not features[3].any()
     with pytest.raises(ValueError, match="graphs"):
-        archi2vec.GraphFeatures(model, {"m1": "resnet50"})
+        GraphFeatures(model, {"m1": "resnet50"})

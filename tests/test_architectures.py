@@ -308,7 +308,7 @@ def test_avg_pool_counts_padding_like_torch():
 
 
 def test_build_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="name"):
+    with pytest.raises(ValueError, match="unknown architecture"):
         arch.build("vgg16")
     with pytest.raises(ValueError, match="num_classes"):
         arch.build("resnet18", num_classes=0)
