@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import nas_bench_graph as nbg_package  # The reference encoder (imports no torch).
 import numpy as np
 import pytest
+from graph_expectations import CONV_3X3_STRIDE_2
 
 from fennec_jax.archs import graphs
 from fennec_jax.archs import nas_bench_graph as nbg
@@ -375,15 +376,7 @@ def test_flax_residual_cnn(train):
     _assert_connected(g)
     ops = g.op_names
     first = ops.index("conv")
-    assert g.node_attrs(first) == {
-        "channels_in": 3.0,
-        "channels_out": 8.0,
-        "kernel_size": 3.0,
-        "stride": 2.0,
-        "dilation": 1.0,
-        "groups": 1.0,
-        "params": 3 * 3 * 3 * 8.0,
-    }
+    assert g.node_attrs(first) == CONV_3X3_STRIDE_2
     assert g.node_attrs(ops.index("depthwise_conv"))["groups"] == 8.0
     assert g.node_attrs(ops.index("batch_norm"))["channels_out"] == 8.0
     # The residual add reads the first block's relu and the last batch norm.

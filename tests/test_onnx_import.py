@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from graph_expectations import CONV_3X3_STRIDE_2
 
 from fennec_jax.archs import graphs
 
@@ -95,15 +96,7 @@ def test_residual_cnn():
         "softmax",
         "output",
     )
-    assert g.node_attrs(1) == {
-        "channels_in": 3.0,
-        "channels_out": 8.0,
-        "kernel_size": 3.0,
-        "stride": 2.0,
-        "dilation": 1.0,
-        "groups": 1.0,
-        "params": 8 * 3 * 9.0,
-    }
+    assert g.node_attrs(1) == CONV_3X3_STRIDE_2
     assert g.node_attrs(7)["groups"] == 8.0 and g.node_attrs(7)["channels_in"] == 8.0
     assert g.node_attrs(2) == {"channels_in": 8.0, "channels_out": 8.0}
     assert g.node_attrs(11) == {"kernel_size": 2.0, "stride": 2.0}
