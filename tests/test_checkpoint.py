@@ -130,3 +130,12 @@ def test_arrays_from_another_checkpoint_are_refused(space, tmp_path):
     shutil.copytree(os.path.join(other, "arrays"), os.path.join(path, "arrays"))
     with pytest.raises(checkpoint.CheckpointError, match="checksum"):
         ts.restore_space(path)
+
+
+def test_checksummed_but_inconsistent_space_is_refused(tmp_path):
+    # A checkpoint with the space's format tag and a valid checksum whose metadata lacks what
+    # a space needs: CheckpointError naming the path, never another exception type.
+    path = str(tmp_path / "odd")
+    checkpoint.save_arrays(path, ts.FORMAT, {"models": ["a"]}, {"model_vecs": np.zeros((1, 2))})
+    with pytest.raises(checkpoint.CheckpointError, match="inconsistent checkpoint"):
+        ts.restore_space(path)
