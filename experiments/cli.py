@@ -22,9 +22,8 @@ class InputError(Exception):
 
 
 def run(main):
-    """``absl.app.run`` of ``main`` where bad input (InputError, RecordsError, CheckpointError,
-    ValueError from argument checks) ends with one line and exit status 1, and Ctrl-C ends
-    quietly with status 130."""
+    """``absl.app.run`` of ``main`` where bad input (InputError, RecordsError, CheckpointError)
+    ends with one line and exit status 1, and Ctrl-C ends quietly with status 130."""
 
     def wrapped(argv):
         if len(argv) > 1:
@@ -69,10 +68,3 @@ def methods_from_flags(specs, config_text: str | None, flag: str = "methods") ->
     except (ValueError, TypeError) as err:
         raise InputError(f"--{flag}: {err} (methods: {', '.join(method_names())})") from None
     return {method.name: method for method in methods}
-
-
-def help_names() -> str:
-    """Registered methods and bundled benchmarks, for flag help texts."""
-    from fennec_jax.benchmarks.bundled import benchmark_names
-
-    return f"methods: {', '.join(method_names())}; benchmarks: {', '.join(benchmark_names())}"

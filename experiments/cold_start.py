@@ -31,6 +31,7 @@ from experiments import cli
 from fennec_jax.archs import archi2vec, architectures
 from fennec_jax.benchmarks.bundled import as_benchmark, load_benchmark
 from fennec_jax.eval import protocol, reports
+from fennec_jax.methods.base import get_method
 from fennec_jax.methods.cold_start import GraphFeatures, fennec_arch
 from fennec_jax.methods.fennec import Fennec
 
@@ -76,7 +77,7 @@ def main():
         groups = family if _PROTOCOL.value == "leave_family_out" else None
         folds = protocol.model_folds(records.num_models, _FOLDS.value, _SEED.value, groups)
         methods = {
-            "family_popularity": cli.methods_from_flags(["family_popularity"], None)["family_popularity"],
+            "family_popularity": get_method("family_popularity"),
             "fennec": Fennec(),
             "fennec_arch": fennec_arch(graphs, encoder, drop_model_meta=("family",)),
             "fennec_arch_family": dataclasses.replace(fennec_arch(graphs, encoder), name="fennec_arch_family"),

@@ -23,7 +23,9 @@ from experiments import cli
 from fennec_jax.archs import archi2vec, graphs, nas_bench_graph
 from fennec_jax.benchmarks.bundled import as_benchmark, load_benchmark
 from fennec_jax.core.records import load_records
+from fennec_jax.core.registry import parse_spec
 from fennec_jax.eval import protocol, reports
+from fennec_jax.methods.base import get_method
 
 _BENCHMARK = flags.DEFINE_enum("benchmark", None, ["nas_bench_graph"], "Bundled benchmark with architecture graphs.")
 _RECORDS = flags.DEFINE_string("records", None, "A long table model,task,score (CSV or Parquet); needs --graphs.")
@@ -77,10 +79,15 @@ def main():
         raise cli.InputError(f"--train must be integers, got {_TRAIN.value}") from None
     config = {"epochs": _EPOCHS.value, "pretrain_epochs": _PRETRAIN_EPOCHS.value, "ensemble": _ENSEMBLE.value,
               "ssl_objective": _SSL.value}
-    specs = [s for s in _METHODS.value if s != "archi2vec_ssl"]
-    methods = cli.methods_from_flags(specs, None)
-    methods = {label: (dataclasses.replace(m, config=dataclasses.replace(m.config, **config))
-                       if label.startswith("archi2vec") else m) for label, m in methods.items()}
+    methods = {}
+    for spec in _METHODS.value:
+        name, spec_config = parse_spec(spec)
+        if name == "archi2vec_ssl":
+            continue  # built after the pre-training below
+        if name == "archi2vec":  # the archi2vec flags are defaults under the spec's own configuration
+            methods[spec] = dataclasses.replace(get_method(name, **{**config, **spec_config}), name=spec)
+        else:
+            methods.update(cli.methods_from_flags([spec], None))
 
     start = time.perf_counter()
     bench, zoo = _load()
@@ -96,8 +103,7 @@ def main():
         pretrain_seconds = time.perf_counter() - began
         logging.info("pre-trained on %d graphs in %.1f s, loss %.3f -> %.3f", len(zoo), pretrain_seconds,
                      losses[0].mean(), losses[-1].mean())
-        (ssl,) = cli.methods_from_flags(["archi2vec"], None).values()
-        methods["archi2vec_ssl"] = dataclasses.replace(ssl, config=a2v_config, pretrained=pretrained,
+        methods["archi2vec_ssl"] = dataclasses.replace(get_method("archi2vec", pretrained=pretrained, **config),
                                                        name="archi2vec_ssl")
     split = protocol.ArchitecturesOut(train_sizes=train_sizes, seeds=_SEEDS.value)
     with tqdm(total=len(train_sizes) * _SEEDS.value * len(methods), desc=bench.name, unit="fit") as bar:

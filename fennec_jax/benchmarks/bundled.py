@@ -258,11 +258,15 @@ def attach_task_data(benchmark: Benchmark, *, proxies: str | None = None, featur
         missing = [t for t in records.tasks if not os.path.isdir(os.path.join(features_dir, t))]
         if missing:
             raise ValueError(f"{features_dir}: no feature folder for task(s) {missing[:5]}")
-
-        def features(task: str, models=records.models) -> dict:
-            from fennec_jax.encoders.features import load_feature_dir
-
-            _, feats, labels, probs = load_feature_dir(os.path.join(features_dir, task), models)
-            return {"model_features": feats, "labels": labels, "model_probs": probs}
-
+        features = functools.partial(_feature_folder, features_dir, records.models)
     return dataclasses.replace(benchmark, records=records, features=features)
+
+
+def _feature_folder(features_dir: str, models: Sequence[str], task: str) -> dict:
+    """``Benchmark.features`` from ``features_dir/TASK/MODEL.npz``, models in ``models`` order."""
+    import os
+
+    from fennec_jax.encoders.features import load_feature_dir
+
+    _, feats, labels, probs = load_feature_dir(os.path.join(features_dir, task), models)
+    return {"model_features": feats, "labels": labels, "model_probs": probs}

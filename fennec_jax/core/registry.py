@@ -66,10 +66,6 @@ class Registry(Generic[T]):
         """The entry ``name`` (a factory) called with ``config``."""
         return self.get(name)(**config)
 
-    def items(self):
-        self._load()
-        return self._entries.items()
-
     def values(self):
         self._load()
         return self._entries.values()
@@ -77,9 +73,6 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._entries
-
-    def __len__(self) -> int:
-        return len(self.names())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -101,9 +94,9 @@ def parse_config(text: str | None) -> dict[str, str]:
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """A method spec ``"NAME"`` or ``"NAME:key=value,..."`` (e.g. ``fennec:preset=nmf``)
-    -> ``(NAME, config)``; in a comma-separated list, separate specs with ``;`` or give the
-    config with ``--method_config``."""
+    """A method spec ``"NAME"`` or ``"NAME:key=value+key=value"`` (e.g. ``fennec:preset=nmf``)
+    -> ``(NAME, config)``: ``+`` separates the items, since ``,`` separates the specs of a
+    ``--methods`` list."""
     name, _, config = spec.partition(":")
     return name.strip(), parse_config(config.replace("+", ","))
 

@@ -20,7 +20,7 @@ __all__ = ["to_markdown", "write_report"]
 
 _LABELS = {"weighted_tau": "weighted tau", "kendall": "Kendall", "spearman": "Spearman", "pearson": "Pearson",
            "top1_regret": "top-1 regret"}
-_SETTING = {"tasks_out": "k", "leave-one-task-out": "k", "architectures-out": "n"}
+_SETTING = {"leave-one-task-out": "k", "architectures-out": "n"}
 
 
 def _cell(mean: float, se: float) -> str:

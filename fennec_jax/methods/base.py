@@ -102,9 +102,10 @@ class MethodBase:
 
         items = dict(state) if isinstance(state, Mapping) else {"state": state}
         items = {k: np.asarray(v) for k, v in items.items()}
-        text = {k: v.tolist() for k, v in items.items() if v.dtype.kind in "OUS" or v.ndim == 0}
-        arrays = {k: np.ascontiguousarray(v) for k, v in items.items() if k not in text}
-        save_arrays(path, _format(self), {"kind": "dict" if isinstance(state, Mapping) else "array", "text": text},
+        # Scalars and text go into the JSON metadata (orbax keeps numeric arrays only).
+        plain = {k: v.tolist() for k, v in items.items() if v.dtype.kind in "OUS" or v.ndim == 0}
+        arrays = {k: np.ascontiguousarray(v) for k, v in items.items() if k not in plain}
+        save_arrays(path, _format(self), {"kind": "dict" if isinstance(state, Mapping) else "array", "plain": plain},
                     arrays, overwrite=overwrite)
 
     def restore(self, path: str) -> Any:
@@ -115,7 +116,7 @@ class MethodBase:
             return arrays["state"]
         out = dict(arrays)
         out.update({k: v if not isinstance(v, list) else np.asarray(v, dtype=object)
-                    for k, v in meta.get("text", {}).items()})
+                    for k, v in meta.get("plain", {}).items()})
         return out
 
 
