@@ -12,9 +12,10 @@ from absl import app, flags, logging
 
 from fennec_jax.benchmarks.bundled import as_benchmark
 from fennec_jax.core.checkpoint import CheckpointError
+from fennec_jax.core.evidence import MissingEvidenceError
 from fennec_jax.core.records import Benchmark, RecordsError, load_records
 from fennec_jax.core.registry import parse_config
-from fennec_jax.methods.base import method_from_spec, method_names
+from fennec_jax.methods.base import method_from_spec
 
 
 class InputError(Exception):
@@ -22,7 +23,8 @@ class InputError(Exception):
 
 
 def run(main):
-    """``absl.app.run`` of ``main`` where bad input (InputError, RecordsError, CheckpointError)
+    """``absl.app.run`` of ``main`` where bad input (InputError, RecordsError, CheckpointError,
+    MissingEvidenceError: a method asked for evidence the data does not carry)
     ends with one line and exit status 1, and Ctrl-C ends quietly with status 130."""
 
     def wrapped(argv):
@@ -32,7 +34,7 @@ def run(main):
             logging.set_verbosity(logging.WARNING)
         try:
             main()
-        except (InputError, RecordsError, CheckpointError) as err:
+        except (InputError, RecordsError, CheckpointError, MissingEvidenceError) as err:
             sys.exit(f"error: {err}")
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -66,5 +68,5 @@ def methods_from_flags(specs, config_text: str | None, flag: str = "methods") ->
         config = parse_config(config_text)
         methods = [method_from_spec(spec, config) for spec in specs]
     except (ValueError, TypeError) as err:
-        raise InputError(f"--{flag}: {err} (methods: {', '.join(method_names())})") from None
+        raise InputError(f"--{flag}: {err}") from None
     return {method.name: method for method in methods}

@@ -149,3 +149,16 @@ def test_spider_state_is_checkpointed_and_reused_on_resume(tmp_path):
 
     run_rank_job([bench], NoFit(config=method.config), job, str(tmp_path))
     assert (tmp_path / "rankings.csv").read_text() == first
+
+
+def test_rank_all_program_names_missing_evidence_in_one_line(tmp_path):
+    # An estimator ranks from every model's features, which the bundled records do not carry.
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    done = subprocess.run([sys.executable, "-m", "experiments.rank_all", "--benchmarks=parc_controlled", "--method=logme",
+                           f"--out={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: logme: needs every model's features")
+    assert "Traceback" not in done.stderr

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TaskEvidence"]
+__all__ = ["TaskEvidence", "MissingEvidenceError"]
+
+
+class MissingEvidenceError(ValueError):
+    """A method needs evidence the task does not have (e.g. an estimator without features);
+    the message says what is missing."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from fennec_jax.core.evidence import TaskEvidence
+from fennec_jax.core.evidence import MissingEvidenceError, TaskEvidence
 from fennec_jax.core.records import Records
 from fennec_jax.methods.base import METHODS, MethodBase
 
@@ -40,8 +40,9 @@ class EstimatorMethod(MethodBase):
 
         num_models = int(state["num_models"])
         if evidence.model_features is None:
-            raise ValueError(f"{self.name}: needs every model's features on the task's examples "
-                             f"(evidence.model_features and labels); this task has none")
+            raise MissingEvidenceError(f"{self.name}: needs every model's features on the task's examples "
+                                       f"(evidence.model_features and labels); this task has none (evaluate: "
+                                       f"--features=DIR)")
         if len(evidence.model_features) != num_models:
             raise ValueError(f"{self.name}: evidence has features of {len(evidence.model_features)} models, "
                              f"expected {num_models}")
@@ -51,7 +52,8 @@ class EstimatorMethod(MethodBase):
             given = evidence.model_probs or [None] * num_models
             keep = [m for m in keep if given[m] is not None]
             if not keep:
-                raise ValueError(f"{self.name}: needs source-head probabilities (evidence.model_probs); none given")
+                raise MissingEvidenceError(f"{self.name}: needs source-head probabilities (evidence.model_probs); "
+                                           f"none given")
             probs = [given[m] for m in keep]
         values = np.asarray(estimators.score_models(
             self.estimator, [evidence.model_features[m] for m in keep], evidence.labels, probs), dtype=np.float64)
