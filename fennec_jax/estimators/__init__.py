@@ -6,6 +6,10 @@ in vmapped calls: ``score_models(name, features_list, labels, probs_list=None) -
 ``ESTIMATORS`` lists each estimator's published variant, inputs and whether it is
 normalised across the candidate set. Every estimator runs in float64 inside a local
 ``jax.enable_x64`` scope and checks its inputs (ValueError naming the argument).
+
+``fennec_jax.estimators.reference`` (not imported here: it loads SciPy and scikit-learn)
+holds plain NumPy float64 references of every estimator, which the tests check these
+against and ``experiments/bench_estimators.py`` times them against.
 """
 
 from fennec_jax.estimators.etran import etran, etran_components

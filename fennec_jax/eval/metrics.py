@@ -342,6 +342,12 @@ _PARAMETER_DOCS = {
         broadcast with those of ``true`` and ``mask``.""",
     "mask": """mask : array_like of bool, shape ``[..., M]``, optional
         Valid entries; the others are ignored and may hold NaN. Default: all valid.""",
+    # The correlation metrics' shared conventions (`_finish` and their constant checks).
+    "correlation_returns": """Returns
+    -------
+    Array, shape ``[...]``
+        The correlation, in [-1, 1]. NaN with fewer than 2 valid entries; 0.0 if
+        ``true`` or ``pred`` is constant (all its valid values exactly equal).""",
 }
 
 
@@ -354,11 +360,7 @@ def weighted_tau(true, pred, mask=None):
     {true_pred}
     {mask}
 
-    Returns
-    -------
-    tau : Array, shape ``[...]``
-        In [-1, 1]. NaN with fewer than 2 valid entries; 0.0 if ``true`` or ``pred``
-        is constant.
+    {correlation_returns}
 
     Notes
     -----
@@ -393,11 +395,7 @@ def kendall_tau(true, pred, mask=None):
     {true_pred}
     {mask}
 
-    Returns
-    -------
-    tau : Array, shape ``[...]``
-        In [-1, 1]. NaN with fewer than 2 valid entries; 0.0 if ``true`` or ``pred``
-        is constant.
+    {correlation_returns}
 
     Notes
     -----
@@ -423,11 +421,7 @@ def spearman(true, pred, mask=None):
     {true_pred}
     {mask}
 
-    Returns
-    -------
-    rho : Array, shape ``[...]``
-        In [-1, 1]. NaN with fewer than 2 valid entries; 0.0 if ``true`` or ``pred``
-        is constant.
+    {correlation_returns}
     """
     true, pred, mask = _prepare(true, pred, mask)
     return _batched(true, pred, mask, metric_1d=_spearman_1d)
@@ -442,11 +436,7 @@ def pearson(true, pred, mask=None):
     {true_pred}
     {mask}
 
-    Returns
-    -------
-    r : Array, shape ``[...]``
-        In [-1, 1]. NaN with fewer than 2 valid entries; 0.0 if ``true`` or ``pred``
-        is constant (all valid values exactly equal).
+    {correlation_returns}
 
     Notes
     -----
