@@ -32,9 +32,9 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def zoo():
-    """A planted zoo: scores[T, M] of rank 2 with families and sources, graphs (chains of 1-4
-    convs) and per-model features on the new task's examples whose class signal follows the
-    models' quality."""
+    """A planted zoo: scores[T, M] of rank 2 with families, sources, sizes (one missing) and
+    source scores, graphs (chains of 1-4 convs) and per-model features on the new task's
+    examples whose class signal follows the models' quality."""
     rng = np.random.default_rng(0)
     quality = rng.normal(size=M)
     scores = quality[None] + 0.3 * rng.normal(size=(T, 1)) * rng.normal(size=(1, M)) + 0.05 * rng.normal(size=(T, M))
@@ -43,7 +43,9 @@ def zoo():
     records = records_from_matrix(
         [f"m{m}" for m in range(M)], [f"t{t}" for t in range(T)], scores,
         model_meta={"family": np.array(["a", "b"] * (M // 2), dtype=object),
-                    "source": np.array(["t0", "t1", "x", "y"] * (M // 4), dtype=object)})
+                    "source": np.array(["t0", "t1", "x", "y"] * (M // 4), dtype=object),
+                    "params": np.where(np.arange(M) == 2, np.nan, np.exp(quality)),  # for size
+                    "source_score": np.round(quality, 1)})  # for source_score
     records = dataclasses.replace(records, model_side={"graph": graphs})
     labels = np.repeat(np.arange(C), N // C)
     means = rng.normal(size=(C, 6))

@@ -11,6 +11,7 @@ parc_all                    71            6        voc2007
 spider_single               10            8        dSprites, UTKFace, 96 rank-only tasks c0..c95
 spider_multi                42            7        96 rank-only tasks t127..t222
 timm_imagenet               1,267         8        --
+model_recycling             2,175         36       --
 nas_bench_graph             26,206        8        --
 nas_bench_graph_proteins    (see data)    1        --
 ==========================  ============  =======  ============================================
@@ -40,11 +41,13 @@ def _bundled_rows(relpath: str) -> list[list[str]]:
         return [row for row in csv.reader(f) if any(cell.strip() for cell in row)]  # skip blank lines
 
 
-def _wide_table(relpath: str, columns: Sequence[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
-    """``(models, tasks, scores[T, M])`` from a wide CSV (first column = model, blank = NaN)."""
+def _wide_table(relpath: str, columns: Sequence[str] | None = None, *,
+                skip: Sequence[str] = ()) -> tuple[list[str], list[str], np.ndarray]:
+    """``(models, tasks, scores[T, M])`` from a wide CSV (first column = model, blank = NaN);
+    the tasks are ``columns``, or every other column except those named in ``skip``."""
     rows = _bundled_rows(relpath)
     header, body = rows[0], rows[1:]
-    tasks = list(header[1:]) if columns is None else list(columns)
+    tasks = [h for h in header[1:] if h not in skip] if columns is None else list(columns)
     cols = [header.index(t) for t in tasks]
     models = [r[0] for r in body]
     scores = np.array([[float(r[c]) if r[c] != "" else np.nan for c in cols] for r in body]).T
@@ -181,6 +184,41 @@ def _timm() -> Benchmark:
     return _benchmark("timm_imagenet", records, tasks, description="timm results: top-1 % on 8 ImageNet test sets")
 
 
+def _model_recycling() -> Benchmark:
+    """2,175 Hugging Face checkpoints x 36 tasks (fine-tuned accuracy %, about half observed).
+
+    Model metadata from ``models.csv`` (same model order as the score table, checked):
+    ``family`` (its ``base_model``: roberta-base, bert-base-uncased or bert-base-cased; named
+    ``family`` as in the other benchmarks, which the family baselines and fennec read; not
+    carried twice, since the metadata encoders would count a duplicate twice), ``model_type``,
+    ``params`` and ``layers`` (numeric), ``mnli_linear_probe`` (accuracy % of a linear probe on
+    MNLI over the frozen checkpoint; NaN for the three base models).
+    """
+    models, tasks, scores = _wide_table("model_recycling/finetune_acc.csv", skip=("base_model",))
+    meta_rows = _bundled_rows("model_recycling/models.csv")
+    header = meta_rows[0]
+    if [r[0] for r in meta_rows[1:]] != models:
+        raise ValueError("model_recycling: model order differs between finetune_acc.csv and models.csv")
+    columns = {name: [r[header.index(name)] for r in meta_rows[1:]] for name in header[1:]}
+    numeric = {name: np.array([float(v) if v else np.nan for v in columns[name]])
+               for name in ("params", "layers", "mnli_linear_probe")}
+    records = records_from_matrix(
+        models,
+        tasks,
+        scores,
+        model_meta={"family": np.array(columns["base_model"], dtype=object),
+                    "model_type": np.array(columns["model_type"], dtype=object), **numeric},
+        dropped={"empty cell (not fine-tuned in the source)": int(np.isnan(scores).sum())},
+    )
+    return _benchmark(
+        "model_recycling",
+        records,
+        tasks,
+        description="IBM model-recycling: accuracy % (stsb: Spearman x 100) of 2,175 roberta-base / "
+        "bert-base checkpoints fine-tuned on 36 tasks",
+    )
+
+
 def _nas_bench_graph(datasets: Sequence[str] | None, name: str) -> Benchmark:
     from fennec_jax.archs import nas_bench_graph
 
@@ -208,6 +246,7 @@ BENCHMARKS.register("parc_all", lambda: _parc("parc_all", "parc/all.csv"))
 BENCHMARKS.register("spider_single", _spider_single)
 BENCHMARKS.register("spider_multi", _spider_multi)
 BENCHMARKS.register("timm_imagenet", _timm)
+BENCHMARKS.register("model_recycling", _model_recycling)
 BENCHMARKS.register("nas_bench_graph", lambda: _nas_bench_graph(None, "nas_bench_graph"))
 BENCHMARKS.register("nas_bench_graph_proteins", lambda: _nas_bench_graph(["proteins"], "nas_bench_graph_proteins"))
 

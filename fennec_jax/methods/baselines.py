@@ -1,22 +1,27 @@
-"""Simple ranking baselines: random, popularity, knn_task, family_popularity.
+"""Simple ranking baselines: random, popularity, knn_task, family_popularity, and the fixed
+rankings by a per-model number, size and source_score.
 
-All work on per-task z-scores of the history (:func:`fennec_jax.core.records.standardize`), so
-tasks on different scales (accuracy %, negative error, ranks) mix on equal terms.
+The history-based ones work on per-task z-scores of the history
+(:func:`fennec_jax.core.records.standardize`), so tasks on different scales (accuracy %,
+negative error, ranks) mix on equal terms. ``size`` and ``source_score`` rank every task the
+same way, by one number per model (its parameter count; its score on the source task, e.g.
+ImageNet top-1 or a linear probe): the baselines a transferability method has to beat.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from fennec_jax.core.evidence import TaskEvidence
+from fennec_jax.core.evidence import MissingEvidenceError, TaskEvidence
 from fennec_jax.core.records import Records, standardize
 from fennec_jax.methods.base import CompletionMethod, MethodBase, register
 
-__all__ = ["Random", "Popularity", "KnnTask", "FamilyPopularity", "popularity_scores", "weighted_task_average",
-           "family_popularity"]
+__all__ = ["Random", "Popularity", "KnnTask", "FamilyPopularity", "ColumnRanking", "Size", "SourceScore",
+           "popularity_scores", "weighted_task_average", "family_popularity"]
 
 
 def weighted_task_average(z: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -154,3 +159,70 @@ class FamilyPopularity(CompletionMethod):
         pred = family_popularity(history, np.asarray(history.model_meta["family"]).astype(str),
                                  None if embeddings is None else np.stack(embeddings))
         return {"pred": pred, "tasks": np.asarray(history.tasks)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnRanking(MethodBase):
+    """Every task ranked the same way: by one number per model, higher first.
+
+    The number is the model metadata column ``column`` (numeric), or, where no such column
+    exists, the scores of the history task of that name; with ``column`` empty, the first of
+    :attr:`DEFAULT_COLUMNS` the history has. A model without a value (NaN, an unobserved cell)
+    ranks below every model with one; such models tie. The probes and the task are ignored.
+    MissingEvidenceError when the history has none of the columns, or no value in it.
+
+    State: ``{"scores": scores[M], "column": the column read}``.
+    """
+
+    DEFAULT_COLUMNS: ClassVar[tuple[str, ...]] = ()
+    column: str = ""
+    name: str = ""
+
+    def fit(self, history: Records, seed: int = 0):
+        candidates = (self.column,) if self.column else self.DEFAULT_COLUMNS
+        column = next((c for c in candidates if c in history.model_meta or c in history.tasks), None)
+        if column is None:
+            raise MissingEvidenceError(
+                f"{self.name}: needs a per-model number: a numeric model metadata column or a history task "
+                f"named {' or '.join(map(repr, candidates))}; the records have model metadata "
+                f"{sorted(history.model_meta) or 'none'}. Attach one (--model_meta=FILE with a 'model' column) "
+                f"or name another with {self.name}:column=NAME")
+        if column in history.model_meta:
+            raw = np.asarray(history.model_meta[column])
+            if raw.dtype.kind not in "fiub":
+                raise MissingEvidenceError(f"{self.name}: model metadata column {column!r} is not numeric "
+                                           f"(e.g. {raw[:3].tolist()}); name a numeric one with {self.name}:column=NAME")
+            values = raw.astype(np.float64)
+        else:
+            values = history.scores[history.task_index(column)]
+        known = np.isfinite(values)
+        if not known.any():
+            raise MissingEvidenceError(f"{self.name}: column {column!r} has no value for any model")
+        lo, hi = values[known].min(), values[known].max()
+        return {"scores": np.where(known, values, lo - max(hi - lo, 1.0)), "column": column}
+
+    def score(self, state, evidence: TaskEvidence) -> np.ndarray:
+        return np.asarray(state["scores"], dtype=np.float64)
+
+
+@register("size")
+@dataclasses.dataclass(frozen=True)
+class Size(ColumnRanking):
+    """Larger models first: model metadata ``params`` (model_recycling, nas_bench_graph) or
+    ``params_m`` (timm_imagenet) by default (:class:`ColumnRanking`)."""
+
+    DEFAULT_COLUMNS: ClassVar[tuple[str, ...]] = ("params", "params_m", "param_count", "num_params")
+    name: str = "size"
+
+
+@register("source_score")
+@dataclasses.dataclass(frozen=True)
+class SourceScore(ColumnRanking):
+    """Models with the better source score first (:class:`ColumnRanking`). By default the
+    first of: model metadata ``source_score`` (a user's own column), ``mnli_linear_probe``
+    (model_recycling), ``imagenet_top1``, or the history task ``imagenet`` (timm_imagenet:
+    ImageNet top-1; when ``imagenet`` is itself the new task the history lacks it and fit
+    raises MissingEvidenceError: there is no source score apart from the answer)."""
+
+    DEFAULT_COLUMNS: ClassVar[tuple[str, ...]] = ("source_score", "mnli_linear_probe", "imagenet_top1", "imagenet")
+    name: str = "source_score"

@@ -259,6 +259,9 @@ def source_profiles(z: np.ndarray, mask: np.ndarray, family: np.ndarray, source:
     architecture family (``family[M]`` int) on t; NaN where no such model is observed
     (``mask[T, M]``). Subtracting the family mean leaves what the source dataset adds.
     """
+    mask = np.asarray(mask, dtype=bool)
+    if not np.asarray(source).any():  # no model has a source dataset: every profile is undefined
+        return np.full((source.shape[1], mask.shape[0]), np.nan)
     observed = mask.astype(np.float64)
     z = np.where(mask, z, 0.0)
     families = one_hot(family, int(family.max()) + 1 if family.size else 0)  # [M, K]
@@ -578,6 +581,7 @@ class _FitArrays(NamedTuple):
 def _space_from_fit(design: _Design, history: Records, config: SpaceConfig, fit: _FitArrays, mask: np.ndarray,
                     validation=()) -> TransferSpace:
     model_vecs, task_vecs, model_bias, task_bias, dataset_vecs = (np.ascontiguousarray(a) for a in fit)
+    mask = np.asarray(mask, dtype=bool)
     fitted = mask.any(1)  # tasks with observations under this fit's mask
     prior_vec = task_vecs[fitted].mean(0) if fitted.any() else np.zeros(task_vecs.shape[1])
     data_block = np.arange(task_vecs.shape[1]) >= config.d
