@@ -2,7 +2,8 @@
 # fennec_jax entry point. On a fresh machine:
 #   ./run.sh rank_all     # set up .venv if missing, rank every model for every bundled task
 #   ./run.sh test         # set up .venv if missing, run the test suite
-# Other subcommands: setup, evaluate, estimate, evaluate_archs, cold_start, build_benchmark, bench. Extra arguments are passed to the
+# A new task:  ./run.sh sample_task --out=my_task && ./run.sh rank --task=my_task
+# Other subcommands: setup, fit_zoo, evaluate, estimate, evaluate_archs, cold_start, build_benchmark, bench. Extra arguments are passed to the
 # program as absl flags, e.g. ./run.sh evaluate --benchmark=parc_controlled --methods=popularity
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,7 +44,7 @@ cmd="${1:-help}"
 shift || true
 case "$cmd" in
   setup) setup ;;
-  rank_all|evaluate|estimate|evaluate_archs|cold_start|build_benchmark)
+  rank_all|rank|fit_zoo|sample_task|evaluate_rank|evaluate|estimate|evaluate_archs|cold_start|build_benchmark)
     setup
     exec "$VENV/bin/python" -m "experiments.$cmd" "$@" ;;
   bench)
@@ -63,6 +64,6 @@ case "$cmd" in
     # -p no:cacheprovider: CI checkouts stay clean.
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@" ;;
   help|-h|--help)
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) echo "run.sh: unknown subcommand '$cmd' (setup, rank_all, evaluate, estimate, evaluate_archs, cold_start, build_benchmark, bench, test)" >&2; exit 2 ;;
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) echo "run.sh: unknown subcommand '$cmd' (setup, rank_all, rank, fit_zoo, sample_task, evaluate, estimate, evaluate_archs, cold_start, build_benchmark, bench, test)" >&2; exit 2 ;;
 esac

@@ -15,7 +15,9 @@ The package is laid out by concept (each subpackage's docstring says more):
   definitions, graph features, the archi2vec encoder.
 - ``encoders``: proxy models, task embeddings, feature extraction, pretrained weights.
 - ``eval``: metrics, the one evaluation loop with its splits, reports.
-- ``ranking``: the batch engine (jit / vmap / shard_map) and the resumable rank job.
+- ``ranking``: the batch engine (jit / vmap / shard_map), the resumable rank job, ranking tables.
+- ``zoo``: a user's zoo fitted once and ranked for any new task's data (``fit_zoo``,
+  ``load_zoo``, ``Zoo.rank``), the new task's data readers, the default zoo.
 
 Importing the package is cheap: the names below load their module on first use.
 """
@@ -47,11 +49,18 @@ _EXPORTS = {
     "rank_tasks": "fennec_jax.ranking.rank",
     "RankJob": "fennec_jax.ranking.rank_job",
     "run_rank_job": "fennec_jax.ranking.rank_job",
+    "RankingTable": "fennec_jax.ranking.table",
+    "Zoo": "fennec_jax.zoo.zoo",
+    "fit_zoo": "fennec_jax.zoo.zoo",
+    "load_zoo": "fennec_jax.zoo.zoo",
+    "read_task": "fennec_jax.zoo.task_data",
+    "default_zoo": "fennec_jax.zoo.default",
 }
 _SUBMODULES = {"metrics": "fennec_jax.eval.metrics", "engine": "fennec_jax.ranking.engine",
                "core": "fennec_jax.core", "benchmarks": "fennec_jax.benchmarks", "methods": "fennec_jax.methods",
                "estimators": "fennec_jax.estimators", "archs": "fennec_jax.archs", "encoders": "fennec_jax.encoders",
-               "eval": "fennec_jax.eval", "ranking": "fennec_jax.ranking"}
+               "eval": "fennec_jax.eval", "ranking": "fennec_jax.ranking",
+               "zoo": "fennec_jax.zoo"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 

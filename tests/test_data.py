@@ -59,6 +59,50 @@ def test_bad_records_name_the_line_and_problem(tmp_path, text, message):
     assert path in str(err.value) and message in str(err.value)
 
 
+def test_wide_table_as_published_reads_like_the_bundled_benchmark(tmp_path):
+    # The Model Spider single-source accuracies are a wide table (model, then one column per
+    # task); one empty cell marks a result the table does not hold.
+    import importlib.resources
+
+    text = importlib.resources.files("fennec_jax").joinpath("bundled", "model_spider",
+                                                           "single_source_finetune_acc.csv").read_text("utf-8")
+    lines = text.splitlines()
+    first = lines[1].split(",")
+    lines[1] = ",".join([first[0], ""] + first[2:])  # googlenet x Aircraft missing
+    r = load_records(write(tmp_path, "wide.csv", "\n".join(lines) + "\n"))
+    bench = load_benchmark("spider_single").records
+    assert r.models == bench.models and r.tasks == bench.tasks[:10]
+    expected = bench.scores[:10].copy()
+    expected[0, 0] = np.nan
+    np.testing.assert_array_equal(r.scores, expected)
+    assert r.mask.sum() == 99 and not r.mask[0, 0]
+
+
+def test_wide_table_keeps_models_and_tasks_without_scores_and_names_bad_cells(tmp_path):
+    r = load_records(write(tmp_path, "w.csv", "arch,t1,t2,t3\na,1,,\nb,,,\nc,2,3,\n"))
+    assert r.models == ("a", "b", "c") and r.tasks == ("t1", "t2", "t3")
+    assert r.mask.tolist() == [[True, False, True], [False, False, True], [False, False, False]]
+    for text, message in [("model,t1,t2\na,1,x\n", "line 2: t2 'x' is not a number"),
+                          ("model,t1\na,1\na,2\n", "line 3: duplicate model 'a', first at line 2"),
+                          ("model,t1,t1\na,1,2\n", "line 1: task column 't1' appears twice"),
+                          ("model\na\n", "one column only")]:
+        with pytest.raises(RecordsError, match=message):
+            load_records(write(tmp_path, "bad.csv", text))
+
+
+def test_byte_order_mark_is_stripped_and_non_utf8_is_one_line(tmp_path):
+    bom = os.path.join(tmp_path, "bom.csv")
+    with open(bom, "wb") as f:
+        f.write("model,task,score\na,t,1\n".encode("utf-8-sig"))
+    assert load_records(bom).models == ("a",)
+    latin = os.path.join(tmp_path, "latin1.csv")
+    with open(latin, "wb") as f:
+        f.write("model,task,score\na,caf\u00e9,1\n".encode("latin-1"))
+    with pytest.raises(RecordsError) as err:
+        load_records(latin)
+    assert str(err.value) == f"{latin}: line 2: byte 0xe9 is not UTF-8; expected a UTF-8 CSV file (or a .parquet file)"
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(RecordsError, match="no such file"):
         load_records(os.path.join(tmp_path, "nope.csv"))

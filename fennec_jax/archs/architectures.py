@@ -968,3 +968,27 @@ def torch_name(path: Sequence[str]) -> str:
     if leaf not in _TORCH_LEAF_NAMES:
         raise ValueError(f"path: unknown leaf {leaf!r}; expected one of {sorted(_TORCH_LEAF_NAMES)}")
     return ".".join([*modules, _TORCH_LEAF_NAMES[leaf]])
+
+
+def depthwise_as_shifts(next_fun, args, kwargs, context):
+    """A flax method interceptor computing depthwise convolutions (``feature_group_count`` equal
+    to the input channels, one filter each) as a sum of ``kh * kw`` shifted, scaled slices of the
+    padded input: the same function and gradients, but XLA:CPU runs a vmapped grouped convolution
+    (and its backward pass) several times slower than these elementwise ops. Every other call
+    (and initialisation) goes through unchanged."""
+    module = context.module
+    if (context.method_name != "__call__" or not isinstance(module, nn.Conv) or module.feature_group_count == 1
+            or module.is_initializing() or not isinstance(module.padding, (tuple, list))
+            or module.kernel_dilation not in (None, 1, (1, 1)) or module.input_dilation not in (None, 1, (1, 1))):
+        return next_fun(*args, **kwargs)
+    x = args[0]
+    kernel = module.variables["params"]["kernel"]  # [kh, kw, 1, C]
+    if kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1] or module.feature_group_count != x.shape[-1]:
+        return next_fun(*args, **kwargs)
+    (kh, kw), (sh, sw) = kernel.shape[:2], (module.strides if isinstance(module.strides, (tuple, list))
+                                             else (module.strides or 1,) * 2)
+    padded = jnp.pad(x, ((0, 0), *[tuple(p) for p in module.padding], (0, 0)))
+    rows, cols = (padded.shape[1] - kh) // sh + 1, (padded.shape[2] - kw) // sw + 1
+    out = sum(padded[:, i:i + sh * (rows - 1) + 1:sh, j:j + sw * (cols - 1) + 1:sw, :] * kernel[i, j, 0]
+              for i in range(kh) for j in range(kw))
+    return out + module.variables["params"]["bias"] if module.use_bias else out

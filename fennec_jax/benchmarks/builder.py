@@ -16,7 +16,7 @@ parameter trees are stacked and one jitted, vmapped Adam step trains them all. P
 each model on its own source. Fine-tuning: every (target, seed, model) run of a group of
 ``config.targets_per_group`` targets at once (the last group padded with repeats, so one compile
 serves every group). Depthwise convolutions (MobileNetV2, MNASNet) run as shifted
-multiply-adds (:func:`_depthwise_as_shifts`): XLA:CPU's vmapped grouped convolution and its
+multiply-adds (:func:`architectures.depthwise_as_shifts`): XLA:CPU's vmapped grouped convolution and its
 gradient are several times slower.
 
 Stages and resume: each finished stage (``pretrain/FAMILY``, ``target/FAMILY/groupNNN``,
@@ -356,33 +356,9 @@ def _masked(logits: jax.Array, num_classes) -> jax.Array:
     return jnp.where(jnp.arange(logits.shape[-1]) < num_classes, logits, _MASKED_LOGIT)
 
 
-def _depthwise_as_shifts(next_fun, args, kwargs, context):
-    """A flax method interceptor computing depthwise convolutions (``feature_group_count`` equal
-    to the input channels, one filter each) as a sum of ``kh * kw`` shifted, scaled slices of the
-    padded input: the same function and gradients, but XLA:CPU runs a vmapped grouped convolution
-    (and its backward pass) several times slower than these elementwise ops. Every other call
-    (and initialisation) goes through unchanged."""
-    module = context.module
-    if (context.method_name != "__call__" or not isinstance(module, nn.Conv) or module.feature_group_count == 1
-            or module.is_initializing() or not isinstance(module.padding, (tuple, list))
-            or module.kernel_dilation not in (None, 1, (1, 1)) or module.input_dilation not in (None, 1, (1, 1))):
-        return next_fun(*args, **kwargs)
-    x = args[0]
-    kernel = module.variables["params"]["kernel"]  # [kh, kw, 1, C]
-    if kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1] or module.feature_group_count != x.shape[-1]:
-        return next_fun(*args, **kwargs)
-    (kh, kw), (sh, sw) = kernel.shape[:2], (module.strides if isinstance(module.strides, (tuple, list))
-                                             else (module.strides or 1,) * 2)
-    padded = jnp.pad(x, ((0, 0), *[tuple(p) for p in module.padding], (0, 0)))
-    rows, cols = (padded.shape[1] - kh) // sh + 1, (padded.shape[2] - kw) // sw + 1
-    out = sum(padded[:, i:i + sh * (rows - 1) + 1:sh, j:j + sw * (cols - 1) + 1:sw, :] * kernel[i, j, 0]
-              for i in range(kh) for j in range(kw))
-    return out + module.variables["params"]["bias"] if module.use_bias else out
-
-
 def _apply(model, variables, images, **kwargs):
-    """``model.apply`` with depthwise convolutions computed by :func:`_depthwise_as_shifts`."""
-    with nn.intercept_methods(_depthwise_as_shifts):
+    """``model.apply`` with depthwise convolutions computed by :func:`architectures.depthwise_as_shifts`."""
+    with nn.intercept_methods(architectures.depthwise_as_shifts):
         return model.apply(variables, images, **kwargs)
 
 
@@ -728,14 +704,9 @@ def _target_stage(out_dir, spec, family, pretrained, sources, targets, config, m
 
 @functools.lru_cache(maxsize=None)
 def _proxy_forward(apply_fn):
-    """Jitted proxy features, depthwise convolutions as in :func:`_apply` (the same fast path as
-    the candidates' forward passes, so their costs compare)."""
-
-    def features(params, images):
-        with nn.intercept_methods(_depthwise_as_shifts):
-            return apply_fn(params, images)[0]
-
-    return jax.jit(features)
+    """Jitted proxy features (the proxy's own fast path for depthwise convolutions, as the
+    candidates' forward passes use, so their costs compare)."""
+    return jax.jit(lambda params, images: apply_fn(params, images)[0])
 
 
 def _proxy_stage(proxy, target: Task, num_examples: int, batch_size: int = 32) -> dict[str, np.ndarray]:

@@ -1,25 +1,38 @@
 """Atomic file output: write to a temporary file in the same folder, then rename over.
 
 A reader (or a crash) never sees a half-written file: the target is either the old file or the
-complete new one.
+complete new one. The file gets the mode ``open`` would give it (0o666 less the umask: 0o644
+under umask 022), not ``tempfile.mkstemp``'s 0o600, so others can read what a job writes.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Sequence
 
 __all__ = ["write_bytes", "write_text", "write_json", "write_csv"]
+
+
+def _create_temp(folder: str, name: str) -> tuple[int, str]:
+    """A new, empty file ``folder/.name.RANDOM.tmp`` opened for writing, created with mode
+    0o666 less the umask; returns its descriptor and path."""
+    while True:
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def write_bytes(path: str, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (parent folders are created)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = _create_temp(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -44,8 +57,6 @@ def write_json(path: str, obj) -> None:
 
 def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
     """Writes a CSV with ``header`` and ``rows`` to ``path`` atomically."""
-    import io
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)

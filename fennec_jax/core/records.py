@@ -8,11 +8,13 @@ The one in-memory form every method consumes is :class:`Records`::
 
 Models are on the last axis, like every score matrix in the package. Higher score = better.
 
-Records are built from a long table ``model,task,score`` (CSV, or Parquet when pyarrow is
-installed) by :func:`load_records`, which validates every row and names file, line and problem
-on bad input. Optional columns: ``seed`` (repeats of a (model, task) pair are averaged and the
-count kept) and ``split`` (kept per cell). Model and task metadata (``model,family,params,...``
-or ``task,num_classes,...``) attach by name with :func:`attach_metadata`.
+Records are built from a table (CSV in UTF-8, or Parquet when pyarrow is installed) by
+:func:`load_records`, which validates every row and names file, line and problem on bad input.
+The table is long, ``model,task,score`` with optional columns ``seed`` (repeats of a (model,
+task) pair are averaged and the count kept) and ``split`` (kept per cell), or wide, as results
+are published: the first column names the models, one column per task, empty = missing.
+Model and task metadata (``model,family,params,...`` or ``task,num_classes,...``) attach by
+name with :func:`attach_metadata`.
 
 A :class:`Benchmark` wraps records with what the evaluation protocol needs: which tasks are
 evaluated (``targets``), which cells of them are scored (``eval_mask``), and which tasks are
@@ -23,10 +25,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -299,27 +302,34 @@ def _read_table(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
         if not header:
             raise RecordsError(f"{path}: empty file (no columns)")
         return header, rows
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise RecordsError(f"{path}: empty file (expected a header line)") from None
-        except csv.Error as e:
-            raise RecordsError(f"{path}: line 1: not valid CSV ({e})") from None
-        header = [h.strip() for h in header]
-        rows = []
-        try:
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue  # blank line
-                if len(row) != len(header):
-                    raise RecordsError(
-                        f"{path}: line {reader.line_num}: {len(row)} fields, header has {len(header)}"
-                    )
-                rows.append((reader.line_num, [cell.strip() for cell in row]))
-        except csv.Error as e:
-            raise RecordsError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is dropped
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise RecordsError(f"{path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; expected a UTF-8 "
+                           f"CSV file (or a .parquet file)") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise RecordsError(f"{path}: empty file (expected a header line)") from None
+    except csv.Error as e:
+        raise RecordsError(f"{path}: line 1: not valid CSV ({e})") from None
+    header = [h.strip() for h in header]
+    rows = []
+    try:
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue  # blank line
+            if len(row) != len(header):
+                raise RecordsError(
+                    f"{path}: line {reader.line_num}: {len(row)} fields, header has {len(header)}"
+                )
+            rows.append((reader.line_num, [cell.strip() for cell in row]))
+    except csv.Error as e:
+        raise RecordsError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
     return header, rows
 
 
@@ -333,41 +343,27 @@ def _parse_score(path: str, line: int, column: str, text: str) -> float:
     return value
 
 
-def load_records(
-    path: str,
-    *,
-    model_meta: str | None = None,
-    task_meta: str | None = None,
-) -> Records:
-    """Reads a long table ``model,task,score[,seed][,split]`` into :class:`Records`.
+class _Cells(NamedTuple):
+    """A records table as read: names in order of appearance, the scores of each cell
+    ``(task index, model index)`` (repeats to average) and splits per cell (None without a
+    split column)."""
 
-    Args:
-      path: CSV (or ``.parquet``) file with at least the columns model, task, score.
-      model_meta: optional metadata file with a ``model`` column (see :func:`load_metadata`).
-      task_meta: optional metadata file with a ``task`` column.
+    models: tuple[str, ...]
+    tasks: tuple[str, ...]
+    cells: dict[tuple[int, int], list[float]]
+    splits: dict[tuple[int, int], str] | None
 
-    Returns:
-      Records with tasks and models in order of first appearance.
 
-    Raises:
-      RecordsError: naming file, line and problem for: a missing file or column, an empty file,
-        a row with the wrong number of fields, an empty model or task name, a non-numeric or
-        non-finite score, a duplicate (model, task) without a ``seed`` column (or a duplicate
-        (model, task, seed) with one), repeats of one cell with different splits, and metadata
-        rows naming a model or task that is not in the records.
-    """
-    header, rows = _read_table(path)
+def _long_cells(path: str, header: list[str], rows: list[tuple[int, list[str]]]) -> _Cells:
+    """The cells of a long table ``model,task,score[,seed][,split]`` (see :func:`load_records`)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise RecordsError(
             f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)} "
-            f"(expected model,task,score[,seed][,split])"
+            f"(expected model,task,score[,seed][,split], or a wide table: model, then one column per task)"
         )
-    if not rows:
-        raise RecordsError(f"{path}: no data rows after the header")
     col = {name: header.index(name) for name in header}
     has_seed, has_split = "seed" in col, "split" in col
-
     models: dict[str, int] = {}
     tasks: dict[str, int] = {}
     seen: dict[tuple, int] = {}
@@ -404,21 +400,93 @@ def load_records(
                     f"{path}: line {line}: split {split!r} differs from {previous!r} given earlier "
                     f"for ({model}, {task})"
                 )
+    return _Cells(tuple(models), tuple(tasks), cells, cell_split if has_split else None)
 
-    shape = (len(tasks), len(models))
+
+def _wide_cells(path: str, header: list[str], rows: list[tuple[int, list[str]]]) -> _Cells:
+    """The cells of a wide table: the first column names the models (whatever its header), every
+    other column is a task named by its header, an empty cell is a missing result. Every model
+    and task is kept, also one without scores (metadata or a method's prior can still place it)."""
+    tasks = header[1:]
+    if not tasks:
+        raise RecordsError(f"{path}: line 1: one column only; expected model,task,score (long) or a model "
+                           f"column followed by one column per task (wide)")
+    for i, task in enumerate(tasks, start=2):
+        if not task:
+            raise RecordsError(f"{path}: line 1: column {i} has no task name")
+        if task in tasks[: i - 2]:
+            raise RecordsError(f"{path}: line 1: task column {task!r} appears twice")
+    first: dict[str, int] = {}  # model -> its line
+    values: list[list[float]] = []
+    for line, row in rows:
+        model = row[0]
+        if not model:
+            raise RecordsError(f"{path}: line {line}: empty model name")
+        if model in first:
+            raise RecordsError(f"{path}: line {line}: duplicate model {model!r}, first at line {first[model]}")
+        first[model] = line
+        values.append([_parse_score(path, line, task, text) if text else math.nan
+                       for task, text in zip(tasks, row[1:])])
+    scores = np.array(values, dtype=np.float64).reshape(len(rows), len(tasks))
+    cells = {(t, m): [float(scores[m, t])] for m, t in zip(*np.nonzero(np.isfinite(scores)))}
+    return _Cells(tuple(first), tuple(tasks), cells, None)
+
+
+def load_records(
+    path: str,
+    *,
+    model_meta: str | None = None,
+    task_meta: str | None = None,
+) -> Records:
+    """Reads a records table, long or wide, into :class:`Records`.
+
+    The form is told by the header. A header with a ``task`` or a ``score`` column is a *long*
+    table, one row per result: ``model,task,score`` and optionally ``seed``
+    (repeats of a (model, task) pair are averaged and their count kept) and ``split``. Any
+    other header is a *wide* table, as results are usually published: the first column names
+    the models (its header is free, e.g. ``model``), every other column is a task named by its
+    header, one row per model, an empty cell is a missing result; every model row and task
+    column is kept, also one without scores.
+
+    CSV files are read as UTF-8 (a leading byte-order mark is ignored); ``.parquet`` files
+    need pyarrow.
+
+    Args:
+      path: CSV (or ``.parquet``) file.
+      model_meta: optional metadata file with a ``model`` column (see :func:`load_metadata`).
+      task_meta: optional metadata file with a ``task`` column.
+
+    Returns:
+      Records with tasks and models in order of first appearance.
+
+    Raises:
+      RecordsError: naming file, line and problem for: a missing file, a file that is not
+        UTF-8, a long table missing one of model, task, score, an empty file, a row with the
+        wrong number of fields, an empty model or task name, a non-numeric or non-finite
+        score, a duplicate (model, task) without a ``seed`` column (or a duplicate (model,
+        task, seed) with one), repeats of one cell with different splits, a duplicate model
+        row or task column of a wide table, and metadata rows naming a model or task that
+        is not in the records.
+    """
+    header, rows = _read_table(path)
+    if not rows:
+        raise RecordsError(f"{path}: no data rows after the header")
+    long = any(c in header for c in REQUIRED_COLUMNS[1:])
+    table = (_long_cells if long else _wide_cells)(path, header, rows)
+    shape = (len(table.tasks), len(table.models))
     scores = np.full(shape, np.nan)
     counts = np.zeros(shape, dtype=np.int64)
-    for (t, m), values in cells.items():
+    for (t, m), values in table.cells.items():
         scores[t, m] = float(np.mean(values))
         counts[t, m] = len(values)
     splits = None
-    if has_split:
+    if table.splits is not None:
         splits = np.full(shape, "", dtype=object)
-        for (t, m), split in cell_split.items():
+        for (t, m), split in table.splits.items():
             splits[t, m] = split
     records = Records(
-        models=tuple(models),
-        tasks=tuple(tasks),
+        models=table.models,
+        tasks=table.tasks,
         scores=scores,
         mask=counts > 0,
         counts=counts,

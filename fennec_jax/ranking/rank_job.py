@@ -1,24 +1,39 @@
-"""The ``rank_all`` job: fit once per benchmark, rank every target task, resumable.
+"""The ``rank_all`` job: fit once per benchmark, rank every target task, check, resumable.
 
 Layout under ``out``::
 
-    rankings.csv                     benchmark,task,rank,model,score (all benchmarks)
+    rankings.csv                     benchmark,task,rank,model,predicted_score,observed,measured_score
     summary.json                     per benchmark: models, tasks, leave-one-task-out check
     checkpoints/<benchmark>/         the fitted method state (orbax, written by method.save)
     parts/<benchmark>/job.json       the arguments that made this folder's parts
     parts/<benchmark>/shard-NNNNN.csv  rows of one shard of target tasks
     parts/<benchmark>/loto.json      the leave-one-task-out check
 
+``rankings.csv`` rows are :class:`~fennec_jax.ranking.table.RankingTable` rows of each target
+task (:mod:`fennec_jax.ranking.rank`): ``predicted_score`` in the records' units (the method's
+per-task standardized score mapped back with the task's observed mean and standard
+deviation), ``observed`` true where the records hold a measured score, which is then
+``measured_score`` and ranks the model; rank 1 = best (lowest for the tasks of
+``RankJob.lower_is_better``). The methods here give no intervals, so the table's interval
+columns are left out.
+
+``rankings.csv`` is written as soon as every benchmark is ranked, before the
+leave-one-task-out check (``evaluate`` with ``TasksOut(probes=(k,), seeds)``, history = the
+other targets). The check leaves out target tasks with fewer than k + 2 evaluated models (k
+probes and two to rank), as targets and as history, and says so in ``summary.json``; with
+fewer than two target tasks left there is no check.
+
 Every file is written atomically (temp file + rename; orbax does the same for checkpoints).
 A run restarted with the same arguments reuses the checkpoint (its checksum is verified) and
 every finished shard, and produces the same output; a part folder made with other arguments
-is cleared first.
+(or by an older layout of the parts) is cleared first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -29,11 +44,13 @@ from fennec_jax.core import atomic_io
 from fennec_jax.core.records import Benchmark
 from fennec_jax.eval import protocol
 from fennec_jax.methods.base import RankingMethod
-from fennec_jax.ranking.rank import rank_tasks, task_shards
+from fennec_jax.ranking.rank import oriented, rank_tasks, task_shards
 
-__all__ = ["RankJob", "run_rank_job", "HEADER"]
+__all__ = ["RankJob", "run_rank_job", "COLUMNS", "HEADER"]
 
-HEADER = ("benchmark", "task", "rank", "model", "score")
+COLUMNS = ("rank", "model", "predicted_score", "observed", "measured_score")
+HEADER = ("benchmark", "task", *COLUMNS)
+_PARTS_FORMAT = 2  # the layout of parts/: parts of another layout are not reused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +63,12 @@ class RankJob:
     eval_probes: int = 3
     eval_seeds: int = 5
     source: str = "bundled"  # 'bundled', or a digest of the user's records file
+    lower_is_better: tuple[str, ...] = ()  # tasks where a lower score is better
 
     def key(self) -> dict:
-        return {**dataclasses.asdict(self), "package_version": fennec_jax.__version__}
+        """The arguments as they read back from ``job.json``."""
+        key = {**dataclasses.asdict(self), "package_version": fennec_jax.__version__, "parts_format": _PARTS_FORMAT}
+        return json.loads(json.dumps(key))
 
 
 def file_digest(path: str) -> str:
@@ -72,6 +92,7 @@ def _fit_or_restore(bench: Benchmark, method: RankingMethod, ckpt_dir: str, resu
 
 def _rank_benchmark(bench: Benchmark, method: RankingMethod, job: RankJob, out: str,
                     log: Callable[[str], None]) -> dict:
+    """Ranks ``bench``'s target tasks into its shard files; returns its summary entry."""
     part_dir = os.path.join(out, "parts", bench.name)
     ckpt_dir = os.path.abspath(os.path.join(out, "checkpoints", bench.name))
     job_path = os.path.join(part_dir, "job.json")
@@ -91,47 +112,65 @@ def _rank_benchmark(bench: Benchmark, method: RankingMethod, job: RankJob, out: 
         if os.path.exists(shard_path):
             log(f"{bench.name}: shard {i + 1}/{len(shards)} already done")
             continue
-        rows = [(bench.name, *row) for row in rank_tasks(bench, method, state, tasks, job.top_k)]
+        tables = rank_tasks(bench, method, state, tasks, job.top_k, job.lower_is_better)
+        rows = [(bench.name, task, *row) for task, table in tables for row in table.rows(job.top_k, COLUMNS)]
         atomic_io.write_csv(shard_path, HEADER, rows)
         log(f"{bench.name}: shard {i + 1}/{len(shards)} ranked ({len(tasks)} tasks)")
-    loto_path = os.path.join(part_dir, "loto.json")
-    if not os.path.exists(loto_path):
-        if bench.records.num_tasks < 2:
-            # Hiding the only task leaves no history to learn from: the check does not apply.
-            loto = {"weighted_tau": None, "top1_regret": None, "seconds": 0.0,
-                    "note": "single task: leave-one-task-out leaves no history"}
-        else:
-            report = protocol.evaluate(bench, {method.name: method},
-                                       protocol.TasksOut(probes=(job.eval_probes,), seeds=job.eval_seeds))
-            entry = report["results"][method.name][str(job.eval_probes)]
-            loto = {"weighted_tau": entry["mean"]["weighted_tau"], "top1_regret": entry["mean"]["top1_regret"],
-                    "seconds": report["seconds"][method.name]}
-        atomic_io.write_json(loto_path, loto)
-    with open(loto_path) as f:
-        loto = json.load(f)
     return {
         "models": bench.records.num_models,
         "tasks": len(bench.targets),
         "shards": len(shards),
         "checkpoint": ckpt_dir if os.path.exists(ckpt_dir) else None,
-        "loto": {"k": job.eval_probes, "seeds": job.eval_seeds, **loto},
         "dropped": dict(bench.records.dropped),
     }
 
 
+def _self_check(bench: Benchmark, method: RankingMethod, job: RankJob, log: Callable[[str], None]) -> dict:
+    """The leave-one-task-out check of ``method`` on ``bench`` (module docstring: which tasks)."""
+    k = job.eval_probes
+    evaluated = bench.eval_mask[bench.target_indices].sum(1)
+    kept = tuple(t for t, n in zip(bench.targets, evaluated) if n >= k + 2)
+    skipped = [t for t in bench.targets if t not in kept]
+    notes = []
+    if skipped:
+        notes.append(f"left out {len(skipped)} task(s) with fewer than k + 2 = {k + 2} evaluated models: "
+                     f"{', '.join(skipped)}")
+    check = {"weighted_tau": None, "top1_regret": None, "seconds": 0.0, "skipped": skipped}
+    if len(kept) < 2:
+        notes.append("fewer than two target tasks: leave-one-task-out leaves no history")
+    else:
+        done = itertools.count(1)
+        report = protocol.evaluate(
+            dataclasses.replace(bench, targets=kept), {method.name: method},
+            protocol.TasksOut(probes=(k,), seeds=job.eval_seeds),
+            progress=lambda msg: log(f"{bench.name}: self-check {next(done)}/{len(kept)} tasks"))
+        entry = report["results"][method.name][str(k)]
+        check.update(weighted_tau=entry["mean"]["weighted_tau"], top1_regret=entry["mean"]["top1_regret"],
+                     seconds=report["seconds"][method.name])
+    return {**check, "note": "; ".join(notes)}
+
+
 def run_rank_job(benchmarks: Sequence[Benchmark], method: RankingMethod, job: RankJob, out: str,
                  log: Callable[[str], None] = lambda msg: None) -> dict:
-    """Runs (or resumes) the job; writes ``rankings.csv`` and ``summary.json``; returns the summary."""
-    summary = {"method": job.method, "job": job.key(), "benchmarks": {}}
-    for bench in benchmarks:
-        summary["benchmarks"][bench.name] = _rank_benchmark(bench, method, job, out, log)
+    """Runs (or resumes) the job: ranks, writes ``rankings.csv``, runs the check, writes
+    ``summary.json``; returns the summary."""
+    benchmarks = [oriented(bench, job.lower_is_better) for bench in benchmarks]
+    summary = {"method": job.method, "job": job.key(),
+               "benchmarks": {bench.name: _rank_benchmark(bench, method, job, out, log) for bench in benchmarks}}
     lines = [",".join(HEADER) + "\n"]
     for bench in benchmarks:
         part_dir = os.path.join(out, "parts", bench.name)
         for name in sorted(n for n in os.listdir(part_dir) if n.startswith("shard-")):
-            with open(os.path.join(part_dir, name)) as f:
+            with open(os.path.join(part_dir, name), encoding="utf-8") as f:
                 lines.extend(f.readlines()[1:])
     atomic_io.write_text(os.path.join(out, "rankings.csv"), "".join(lines))
     summary["rows"] = len(lines) - 1
+    for bench in benchmarks:
+        loto_path = os.path.join(out, "parts", bench.name, "loto.json")
+        if not os.path.exists(loto_path):
+            atomic_io.write_json(loto_path, _self_check(bench, method, job, log))
+        with open(loto_path) as f:
+            summary["benchmarks"][bench.name]["loto"] = {"k": job.eval_probes, "seeds": job.eval_seeds,
+                                                         **json.load(f)}
     atomic_io.write_json(os.path.join(out, "summary.json"), summary)
     return summary

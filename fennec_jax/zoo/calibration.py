@@ -1,0 +1,149 @@
+"""From a method's scores for a new task to predictions in the records' units, with intervals.
+
+Methods score in their own units (latent, z-scores, estimator values: only the order is
+promised). A user reads accuracies. A zoo turns scores ``s[M]`` for a new task into
+``y_hat[M]`` in the units of its records, and an interval around each, by three steps, all
+fitted on the zoo's own history:
+
+1. **Shape**: ``z_hat = slope * (s - mean(s))``, per-task z-scores; ``slope`` is the least-squares
+   fit of held-out history tasks' true z-scores on their centred predicted scores.
+2. **Scale**: ``y_hat = mean + std * z_hat``, where ``(mean, log std)`` of the task's scores come
+   from a ridge map of the task's proxy embedding (:func:`fennec_jax.core.ridge.fit_ridge`,
+   penalty by leave-one-out) fitted on the history tasks; without a proxy, the median over
+   history tasks. Probe results refine ``(mean, std)``: ridge of the probes' measured scores on
+   their ``z_hat`` pulled toward the prior with the weight of one probe.
+3. **Interval**: ``y_hat +- q * std``, clipped to the range of the records' measured scores
+   (an interval reaching past every result the zoo has measured says nothing more) where ``q`` is the ``level`` quantile of the held-out
+   history cells' normalised errors ``|y - y_hat| / std`` (split conformal over held-out tasks,
+   with each held-out task's scale predicted without it). Coverage is therefore measured on
+   held-out history tasks, not assumed; with probes the interval is the k = 0 one (conservative).
+
+Conventions: standard deviations are population ones (divide by n); a task's z-scores are
+over its observed models; ``level`` is two-sided (0.8: 10 % of errors above and 10 % below
+expected).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from fennec_jax.core.records import Records, standardize
+from fennec_jax.core.ridge import RidgeMap, fit_ridge, ridge_solve
+
+__all__ = ["Calibration", "task_scales", "median_scale", "fit_scale_map", "fit_calibration"]
+
+_MIN_STD_FRACTION = 0.05  # a refined std is at least this share of its prior
+
+
+def task_scales(records: Records) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean[T], std[T])`` of each task's observed scores (population std; a task with fewer
+    than two observed models or no spread gets the median std of the others, or 1)."""
+    n = records.mask.sum(1)
+    x = np.where(records.mask, records.scores, 0.0)
+    mean = x.sum(1) / np.maximum(n, 1)
+    std = np.sqrt((np.where(records.mask, x - mean[:, None], 0.0) ** 2).sum(1) / np.maximum(n, 1))
+    ok = (n >= 2) & (std > 0)
+    std = np.where(ok, std, np.median(std[ok]) if ok.any() else 1.0)
+    return mean, std
+
+
+def median_scale(records: Records) -> tuple[float, float]:
+    """``(mean, std)``: the medians over the history tasks of their scores' mean and std."""
+    mean, std = task_scales(records)
+    return float(np.median(mean)), float(np.median(std))
+
+
+def fit_scale_map(records: Records, proxies: np.ndarray | None) -> RidgeMap | None:
+    """A map from a task's ``proxy[P]`` to ``[mean, log std]`` of its scores, fitted on the
+    history tasks (``proxies[T, P]``); None without proxies or with fewer than 3 tasks."""
+    if proxies is None or records.num_tasks < 3:
+        return None
+    mean, std = task_scales(records)
+    return fit_ridge(np.asarray(proxies, np.float64), np.stack([mean, np.log(std)], axis=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Scores -> records' units (see the module docstring).
+
+    Attributes:
+      slope: ``z_hat = slope * (s - mean(s))``.
+      scale_map: proxy ``[P]`` -> ``[mean, log std]``, or None (no proxies in the history).
+      default_scale: ``(mean, std)`` for a task without a proxy (:func:`median_scale`).
+      errors: sorted normalised errors ``|y - y_hat| / std_hat`` of held-out history cells ``[R]``
+        (empty: no interval can be given).
+      bounds: ``(min, max)`` of the records' measured scores; intervals are clipped to it.
+      held_out: the history tasks the errors come from.
+    """
+
+    slope: float
+    scale_map: RidgeMap | None
+    default_scale: tuple[float, float]
+    errors: np.ndarray
+    bounds: tuple[float, float] = (-np.inf, np.inf)
+    held_out: tuple[str, ...] = ()
+
+    def quantile(self, level: float) -> float:
+        """The ``level`` quantile of the normalised errors (NaN without errors)."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
+        if self.errors.size == 0:
+            return float("nan")
+        # The conformal rank: ceil((R + 1) level), capped at R.
+        rank = min(self.errors.size, int(np.ceil((self.errors.size + 1) * level)))
+        return float(self.errors[rank - 1])
+
+    def prior_scale(self, proxy: np.ndarray | None) -> tuple[float, float]:
+        """``(mean, std)`` of the new task's scores before any probe."""
+        if self.scale_map is None or proxy is None:
+            return self.default_scale
+        mean, log_std = self.scale_map(np.asarray(proxy, np.float64))
+        return float(mean), float(np.exp(log_std))
+
+    def predict(self, scores: np.ndarray, *, proxy: np.ndarray | None = None,
+                probe_models: Sequence[int] = (), probe_scores: Sequence[float] = (),
+                level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(y_hat[M], low[M], high[M])`` in the records' units for a method's ``scores[M]``."""
+        scores = np.asarray(scores, np.float64)
+        z_hat = self.slope * (scores - scores.mean())
+        mean, std = self.prior_scale(proxy)
+        probe_models = np.asarray(probe_models, int)
+        if probe_models.size:
+            design = np.stack([np.ones(probe_models.size), z_hat[probe_models]], axis=1)
+            mean, std = ridge_solve(design, np.asarray(probe_scores, np.float64), 1.0, prior=np.array([mean, std]))
+            std = max(float(std), _MIN_STD_FRACTION * self.prior_scale(proxy)[1])
+        y_hat = mean + std * z_hat
+        half = self.quantile(level) * std
+        return y_hat, np.clip(y_hat - half, *self.bounds), np.clip(y_hat + half, *self.bounds)
+
+
+def fit_calibration(records: Records, proxies: np.ndarray | None, held_out: Sequence[int],
+                    predictions: np.ndarray) -> Calibration:
+    """The calibration of a zoo from ``predictions[H, M]``: a method's scores for each
+    ``held_out`` history task (indices into ``records.tasks``) by a fit without that task, given
+    the evidence a new task has (its proxy, no probes)."""
+    held_out = [int(t) for t in held_out]
+    predictions = np.asarray(predictions, np.float64)
+    if predictions.shape != (len(held_out), records.num_models):
+        raise ValueError(f"predictions: expected shape [{len(held_out)}, {records.num_models}], got {predictions.shape}")
+    centred = predictions - predictions.mean(1, keepdims=True)
+    z = standardize(records.scores[held_out], records.mask[held_out])
+    mask = records.mask[held_out]
+    denominator = float((centred[mask] ** 2).sum())
+    slope = float((centred[mask] * z[mask]).sum() / denominator) if denominator > 0 else 0.0
+    errors = []
+    for row, t in enumerate(held_out):
+        rest = [i for i in range(records.num_tasks) if i != t]
+        rest_records, proxy = records.select_tasks(rest), None if proxies is None else proxies[t]
+        part = Calibration(slope, fit_scale_map(rest_records, None if proxies is None else proxies[rest]),
+                           median_scale(rest_records), np.zeros(0))
+        y_hat, _, _ = part.predict(predictions[row], proxy=proxy)
+        std = part.prior_scale(proxy)[1]
+        errors.append(np.abs(records.scores[t, mask[row]] - y_hat[mask[row]]) / std)
+    errors = np.sort(np.concatenate(errors)) if errors else np.zeros(0)
+    observed = records.scores[records.mask]
+    return Calibration(slope, fit_scale_map(records, proxies), median_scale(records), errors,
+                       (float(observed.min()), float(observed.max())), tuple(records.tasks[t] for t in held_out))

@@ -1,0 +1,393 @@
+"""A zoo: a user's models with their fine-tuning records, fitted once, ranked for any new task.
+
+The Fennec workflow as an object::
+
+    zoo = fit_zoo(records, task_data={"cifar": read_task("data/cifar"), ...}, proxy="mobilenet_v2")
+    zoo.save("my_zoo")
+    zoo = load_zoo("my_zoo")
+    ranking = zoo.rank("data/my_new_task", probes={"resnet50": 0.91})   # no candidate forward pass
+    ranking.top(10)
+
+:func:`fit_zoo` fits a ranking method on all records. When the history tasks' data is given,
+each is embedded once by the proxy encoder (:mod:`fennec_jax.encoders.proxy`), so a new task
+needs one proxy pass over its data and nothing else; without task data the zoo still ranks
+new tasks from probes and metadata. It also calibrates the method on held-out history tasks
+(:mod:`fennec_jax.zoo.calibration`), so predictions come in the records' units with intervals.
+
+On disk a zoo is one folder: ``manifest.json`` (format, package version, method, proxy,
+models, tasks: for people), ``arrays/`` (records, task embeddings and calibration as one
+checksummed orbax checkpoint, :mod:`fennec_jax.core.checkpoint`) and ``method/`` (the
+method's own checkpoint). It is written into a temporary folder and renamed when complete;
+loading refuses a zoo of another package version or format, and ranking refuses data
+embedded by another proxy than the zoo's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+import fennec_jax
+from fennec_jax.core.checkpoint import restore_arrays, save_arrays
+from fennec_jax.core.evidence import TaskEvidence
+from fennec_jax.core.records import Records
+from fennec_jax.methods.base import method_from_spec
+from fennec_jax.ranking.table import COLUMNS, RankingTable
+from fennec_jax.zoo.calibration import Calibration, fit_calibration
+from fennec_jax.zoo.task_data import TaskData, read_task
+
+__all__ = ["FORMAT", "PROXIES", "Zoo", "ZooError", "TaskRanking", "fit_zoo", "load_zoo", "load_proxy", "embed_task",
+           "read_task_folder"]
+
+FORMAT = "fennec_jax.zoo/1"
+PROXIES = ("mobilenet_v2", "clip:/path/to/checkpoint")
+_MAX_CALIBRATION_TASKS = 20
+
+
+class ZooError(ValueError):
+    """A zoo that cannot be fitted, loaded or used as asked; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- proxies
+
+
+def load_proxy(spec: str):
+    """``(ImageProxy, id)`` for ``'mobilenet_v2'`` (torchvision's ImageNet MobileNetV2, shipped in
+    a package) or ``'clip:PATH'`` (a local CLIP checkpoint folder). ``id`` names the encoder
+    independently of where its files lie, so a zoo can tell whether a task was embedded by it."""
+    from fennec_jax.encoders import proxy as proxy_lib
+
+    if spec == "mobilenet_v2":
+        return proxy_lib.mobilenet_v2_proxy(), "mobilenet_v2"
+    if spec.startswith("clip:") and len(spec) > 5:
+        path = spec[5:]
+        try:
+            encoder = proxy_lib.load_clip_vision(path)
+        except (FileNotFoundError, ValueError) as err:
+            raise ZooError(f"--proxy={spec}: cannot load the CLIP checkpoint ({err})") from None
+        return encoder, f"clip:{os.path.basename(os.path.normpath(path))}:{encoder.dim}"
+    raise ZooError(f"--proxy={spec!r}: expected one of {', '.join(PROXIES)}")
+
+
+def embed_task(data: TaskData, encoder=None, progress: bool = False) -> np.ndarray:
+    """``emb[3P + 3]`` of a task (:func:`fennec_jax.encoders.proxy.task_embedding`) from its
+    precomputed proxy features, or from its images passed through ``encoder``."""
+    from fennec_jax.encoders import features as features_lib
+    from fennec_jax.encoders.proxy import task_embedding
+
+    if data.features is not None:
+        return task_embedding(data.features, data.labels)
+    if encoder is None:
+        raise ZooError(f"{data.source}: images need a proxy encoder to embed them")
+    batches = (np.stack([encoder.preprocess(image) for image in data.images[i:i + 32]])
+               for i in range(0, len(data.images), 32))
+    feats = features_lib.extract_features(encoder.apply_fn, encoder.params, batches, 32, progress=progress).features
+    return task_embedding(feats, data.labels)
+
+
+# ----------------------------------------------------------------------------- rankings
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRanking:
+    """A new task's ranking: the table (:class:`~fennec_jax.ranking.table.RankingTable`, in
+    the records' units, measured results kept), what it rests on, and the interval level.
+
+    Attributes:
+      task: the task's name.
+      table: every model, predicted and measured scores, ``level`` intervals.
+      evidence: what the task vector came from (``proxy``, ``probes (k)``, ``metadata``).
+      level: the intervals' coverage on held-out history tasks (two-sided).
+    """
+
+    task: str
+    table: RankingTable
+    evidence: str
+    level: float
+
+    columns = (*COLUMNS, "evidence")
+
+    def rows(self, top_k: int | None = None) -> list[tuple]:
+        """The best ``top_k`` rows (all when None) as tuples of :attr:`columns`."""
+        return [(*row, self.evidence) for row in self.table.rows(top_k)]
+
+    def top(self, k: int = 10) -> list[dict]:
+        """The best ``k`` models as dicts keyed by :attr:`columns`."""
+        return [dict(zip(self.columns, row)) for row in self.rows(k)]
+
+
+# ----------------------------------------------------------------------------- the zoo
+
+
+@dataclasses.dataclass(frozen=True)
+class Zoo:
+    """A fitted zoo.
+
+    Attributes:
+      records: the history, ``scores[T, M]`` in the records' own units (``task_side["proxy"]``:
+        the history tasks' proxy embeddings ``[T, 3P + 3]`` when task data was given).
+      method_spec: the ranking method, as a registry spec (e.g. ``'fennec'``).
+      method, state: the method and its state fitted on all records.
+      calibration: scores -> records' units and intervals.
+      proxy: the proxy encoder's id (:func:`load_proxy`), or None (no task data).
+      proxy_width: P, the width of that encoder's features (0 without a proxy).
+      max_examples: examples per task the embeddings use (new tasks are read the same way).
+    """
+
+    records: Records
+    method_spec: str
+    method: Any
+    state: Any
+    calibration: Calibration
+    proxy: str | None = None
+    proxy_width: int = 0
+    max_examples: int = 64
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.records.models
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.records.tasks
+
+    def evidence(self, *, probes: Mapping[str, float] | None = None, proxy: np.ndarray | None = None,
+                 metadata: Mapping[str, Any] | None = None) -> TaskEvidence:
+        """What is known of a new task, with probes given by model name (unknown names and
+        non-finite scores are a ZooError)."""
+        probes = dict(probes or {})
+        unknown = [m for m in probes if m not in self.models]
+        if unknown:
+            raise ZooError(f"probes: model(s) not in the zoo: {', '.join(unknown[:5])} "
+                           f"(the zoo has {len(self.models)} models, e.g. {', '.join(self.models[:3])})")
+        bad = [m for m, v in probes.items() if not np.isfinite(float(v))]
+        if bad:
+            raise ZooError(f"probes: expected finite scores, got {', '.join(f'{m}={probes[m]}' for m in bad)}")
+        index = [self.models.index(m) for m in probes]
+        return TaskEvidence(np.asarray(index, int), np.asarray([float(v) for v in probes.values()]),
+                            proxy=proxy, metadata=dict(metadata or {}))
+
+    def task_proxy(self, task: str | TaskData, encoder=None, progress: bool = False) -> np.ndarray:
+        """The zoo-compatible embedding of ``task`` (a path or :class:`TaskData`); images are
+        embedded by ``encoder`` (default: the zoo's own proxy, loaded by id when it can be)."""
+        if self.proxy is None:
+            raise ZooError("--task: this zoo was fitted without task data, so it has no proxy map; rank from "
+                           "--probes and --task_meta, or refit with fit_zoo --task_data")
+        data = read_task(task, self.max_examples) if isinstance(task, str) else task
+        if data.features is not None and data.features.shape[1] != self.proxy_width:
+            raise ZooError(f"{data.source}: features are {data.features.shape[1]} wide, but this zoo's proxy "
+                           f"{self.proxy} gives {self.proxy_width}")
+        if data.features is None and encoder is None:
+            if self.proxy != "mobilenet_v2":
+                raise ZooError(f"this zoo's proxy is {self.proxy}: pass it (--proxy=clip:/path/to/checkpoint)")
+            encoder, _ = load_proxy("mobilenet_v2")
+        return embed_task(data, encoder, progress)
+
+    def rank(self, task: str | TaskData | None = None, *, probes: Mapping[str, float] | None = None,
+             metadata: Mapping[str, Any] | None = None, encoder=None, level: float = 0.8,
+             progress: bool = False) -> TaskRanking:
+        """Every model ranked for a new task, in the records' units with ``level`` intervals.
+
+        Args:
+          task: the task's data (a path :func:`read_task` accepts, or a :class:`TaskData`), or
+            None to rank from probes and metadata alone.
+          probes: ``{model name: measured score}`` for models already fine-tuned on the task.
+          metadata: task metadata columns (as the records' task metadata), plus ``'task'``: its name.
+          encoder: the proxy encoder to embed images with (default: the zoo's, by id).
+        A task named like a zoo task shows that task's measured results as observed.
+        """
+        proxy = None if task is None else self.task_proxy(task, encoder, progress)
+        metadata = dict(metadata or {})
+        if task is not None and "task" not in metadata:
+            metadata["task"] = task.name if isinstance(task, TaskData) else os.path.basename(os.path.normpath(task))
+        evidence = self.evidence(probes=probes, proxy=proxy, metadata=metadata)
+        scores = np.asarray(self.method.score(self.state, evidence), np.float64)
+        predicted, low, high = self.calibration.predict(scores, proxy=proxy, probe_models=evidence.probe_models,
+                                                        probe_scores=evidence.probe_scores, level=level)
+        measured = np.full(len(self.models), np.nan)
+        name = metadata.get("task")
+        if name in self.tasks:
+            t = self.tasks.index(name)
+            measured[self.records.mask[t]] = self.records.scores[t, self.records.mask[t]]
+        measured[evidence.probe_models] = evidence.probe_scores
+        sources = [s for s, used in (("proxy", proxy is not None), (f"probes ({evidence.k})", evidence.k),
+                                     ("metadata", bool(set(metadata) - {"task"}))) if used]
+        table = RankingTable(self.models, predicted, measured, low, high)
+        return TaskRanking(str(name or "new task"), table, " + ".join(sources) or "history only", level)
+
+    def save(self, path: str, *, overwrite: bool = False) -> None:
+        """Writes the zoo folder ``path`` (see the module docstring), atomically."""
+        path = os.path.abspath(path)
+        if os.path.exists(path) and not overwrite:
+            raise ZooError(f"{path}: already exists (choose another folder or pass --overwrite)")
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-zoo-", dir=parent)
+        try:
+            manifest = self._manifest()
+            save_arrays(os.path.join(tmp, "arrays"), FORMAT, manifest, self._arrays())
+            self.method.save(self.state, os.path.join(tmp, "method"))
+            with open(os.path.join(tmp, "manifest.json"), "w") as f:
+                json.dump(manifest, f, indent=1)
+            os.chmod(tmp, 0o755)
+            if os.path.exists(path):
+                old = tempfile.mkdtemp(prefix=".old-zoo-", dir=parent)
+                os.rename(path, os.path.join(old, "zoo"))
+                os.rename(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _manifest(self) -> dict:
+        cal = self.calibration
+        return {"format": FORMAT, "fennec_jax_version": fennec_jax.__version__, "method": self.method_spec, "proxy": self.proxy,
+                "proxy_width": self.proxy_width, "max_examples": self.max_examples,
+                "models": list(self.models), "tasks": list(self.tasks),
+                "calibration": {"slope": cal.slope, "default_scale": list(cal.default_scale), "bounds": list(cal.bounds),
+                                "held_out": list(cal.held_out), "scale_map": cal.scale_map is not None,
+                                "interval_80": cal.quantile(0.8) if cal.errors.size else None}}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        cal = self.calibration
+        arrays = {"scores": np.where(self.records.mask, self.records.scores, 0.0), "mask": self.records.mask,
+                  "errors": cal.errors}
+        if "proxy" in self.records.task_side:
+            arrays["proxies"] = np.asarray(self.records.task_side["proxy"], np.float64)
+        if cal.scale_map is not None:
+            arrays.update(scale_weights=cal.scale_map.weights, scale_bias=cal.scale_map.bias,
+                          scale_l2=cal.scale_map.l2)
+        return arrays
+
+
+def load_zoo(path: str) -> Zoo:
+    """The zoo saved at ``path``; a ZooError (or CheckpointError) naming the path for a missing
+    or corrupted folder, another package version, or an unknown format."""
+    from fennec_jax.core.ridge import RidgeMap
+
+    manifest_path = os.path.join(path, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        raise ZooError(f"{path}: not a zoo folder (no manifest.json); make one with ./run.sh fit_zoo")
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ZooError(f"{manifest_path}: unreadable ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ZooError(f"{path}: not a {FORMAT} zoo (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("fennec_jax_version") != fennec_jax.__version__:
+        raise ZooError(f"{path}: fitted with fennec_jax {manifest.get('fennec_jax_version')}, this is "
+                       f"{fennec_jax.__version__}; refit it with ./run.sh fit_zoo")
+    meta, arrays = restore_arrays(os.path.join(path, "arrays"), FORMAT, "zoo")
+    method = method_from_spec(meta["method"])
+    state = method.restore(os.path.join(path, "method"))
+    mask = arrays["mask"].astype(bool)
+    task_side = {"proxy": arrays["proxies"]} if "proxies" in arrays else {}
+    records = Records(tuple(meta["models"]), tuple(meta["tasks"]), np.where(mask, arrays["scores"], np.nan), mask,
+                      mask.astype(int), task_side=task_side)
+    cal = meta["calibration"]
+    scale_map = (RidgeMap(arrays["scale_weights"], arrays["scale_bias"], arrays["scale_l2"])
+                 if cal["scale_map"] else None)
+    calibration = Calibration(cal["slope"], scale_map, tuple(cal["default_scale"]), arrays["errors"],
+                              tuple(cal["bounds"]), tuple(cal["held_out"]))
+    return Zoo(records, meta["method"], method, state, calibration, meta["proxy"], meta["proxy_width"],
+               meta["max_examples"])
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _calibration_tasks(records: Records, limit: int) -> list[int]:
+    """Up to ``limit`` history tasks spread over the list (every task when there are few)."""
+    eligible = [t for t in range(records.num_tasks) if records.mask[t].sum() >= 2]
+    if len(eligible) <= limit:
+        return eligible
+    return [eligible[i] for i in np.linspace(0, len(eligible) - 1, limit).round().astype(int)]
+
+
+def fit_zoo(records: Records, *, method: str = "fennec", task_data: Mapping[str, TaskData] | None = None,
+            proxy: str | None = None, encoder=None, task_proxies: np.ndarray | None = None, max_examples: int = 64,
+            calibration_tasks: int = _MAX_CALIBRATION_TASKS, seed: int = 0,
+            log: Callable[[str], None] = lambda msg: None) -> Zoo:
+    """Fits a zoo on all ``records``.
+
+    Args:
+      records: the history (every task; cells in the user's units, higher = better).
+      method: a registry spec of the ranking method (default ``'fennec'``).
+      task_data: ``{task: TaskData}`` for every history task, embedded by the proxy; None: no proxy.
+      proxy: the proxy spec (:func:`load_proxy`; default ``'mobilenet_v2'`` when task data is given).
+      encoder: an already loaded proxy encoder for ``proxy`` (skips loading it again).
+      task_proxies: ``[T, 3P + 3]`` embeddings of the history tasks computed before (instead
+        of ``task_data``; ``proxy`` must name their encoder).
+      max_examples: examples per task embedded (new tasks are read the same way).
+      calibration_tasks: at most this many history tasks are held out, one at a time, to
+        calibrate predictions and intervals (each costs one fit of the method).
+    """
+    ranker = method_from_spec(method)
+    if task_data is not None and task_proxies is not None:
+        raise ValueError("give task_data or task_proxies, not both")
+    proxy_id, width = None, 0
+    if task_data is not None or task_proxies is not None:
+        spec = proxy or "mobilenet_v2"
+        if task_data is not None:
+            missing = [t for t in records.tasks if t not in task_data]
+            if missing:
+                raise ZooError(f"--task_data: no data for task(s) {', '.join(missing[:5])}; give one subfolder or "
+                               f".npz per records task (or leave --task_data out)")
+            if encoder is None and not all(task_data[t].features is not None for t in records.tasks):
+                encoder, proxy_id = load_proxy(spec)
+            rows = []
+            for i, t in enumerate(records.tasks):
+                log(f"embedding task {i + 1}/{records.num_tasks}: {t}")
+                rows.append(embed_task(task_data[t], encoder))
+            task_proxies = np.stack(rows)
+        if proxy_id is None:
+            proxy_id = spec if spec == "mobilenet_v2" else load_proxy(spec)[1]
+        task_proxies = np.asarray(task_proxies, np.float64)
+        if task_proxies.ndim != 2 or task_proxies.shape[0] != records.num_tasks:
+            raise ValueError(f"task_proxies: expected [T={records.num_tasks}, 3P + 3], got {task_proxies.shape}")
+        width = (task_proxies.shape[1] - 3) // 3
+        records = dataclasses.replace(records, task_side={**records.task_side, "proxy": task_proxies})
+    held_out = _calibration_tasks(records, calibration_tasks) if records.num_tasks >= 3 else []
+    predictions = []
+    for i, t in enumerate(held_out):
+        log(f"calibrating on held-out task {i + 1}/{len(held_out)}: {records.tasks[t]}")
+        state = ranker.fit(records.without_task(t), seed=seed)
+        evidence = TaskEvidence(proxy=None if not width else records.task_side["proxy"][t],
+                                metadata=records.task_metadata(t))
+        predictions.append(np.asarray(ranker.score(state, evidence), np.float64))
+    log(f"fitting {method} on {records.num_models} models x {records.num_tasks} tasks")
+    state = ranker.fit(records, seed=seed)
+    calibration = fit_calibration(records, records.task_side.get("proxy"), held_out,
+                                  np.asarray(predictions).reshape(len(held_out), records.num_models))
+    return Zoo(records, method, ranker, state, calibration, proxy_id, width, max_examples)
+
+
+def read_task_folder(folder: str, tasks: Sequence[str], max_examples: int = 64,
+                     log: Callable[[str], None] = lambda msg: None) -> dict[str, TaskData]:
+    """``{task: TaskData}`` from ``folder/TASK`` (an image folder) or ``folder/TASK.npz`` for
+    each of ``tasks``; a ZooError names the tasks without data."""
+    if not os.path.isdir(folder):
+        raise ZooError(f"--task_data={folder}: no such folder (expected one subfolder or .npz per task)")
+    found, missing = {}, []
+    for task in tasks:
+        for candidate in (os.path.join(folder, task), os.path.join(folder, task + ".npz")):
+            if os.path.exists(candidate):
+                log(f"reading task data {task}")
+                found[task] = read_task(candidate, max_examples)
+                break
+        else:
+            missing.append(task)
+    if missing:
+        raise ZooError(f"--task_data={folder}: no subfolder or .npz for task(s) {', '.join(missing[:5])}"
+                       + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    return found
+
