@@ -295,3 +295,30 @@ def test_default_zoo_first_use_then_cached(tmp_path):
     assert again.returncode == 0 and "fitting the default zoo" not in again.stderr
     assert open(tmp_path / "out2" / "ranking.csv").read().splitlines()[1:] == \
         open(tmp_path / "out" / "ranking.csv").read().splitlines()[1:6]
+
+
+def test_write_folder_is_atomic_and_respects_the_umask(tmp_path):
+    from fennec_jax.core import atomic_io
+
+    target = tmp_path / "out"
+
+    def broken(folder):
+        open(os.path.join(folder, "half"), "w").write("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_io.write_folder(str(target), broken)
+    assert os.listdir(tmp_path) == []  # nothing partial, no temporary folder
+    old = os.umask(0o022)
+    try:
+        atomic_io.write_folder(str(target), lambda f: open(os.path.join(f, "a"), "w").write("1"))
+    finally:
+        os.umask(old)
+    assert oct(os.stat(target).st_mode & 0o777) == "0o755"
+    with pytest.raises(FileExistsError):
+        atomic_io.write_folder(str(target), lambda f: None)
+    with pytest.raises(RuntimeError):
+        atomic_io.write_folder(str(target), broken, overwrite=True)
+    assert os.listdir(target) == ["a"]  # a failed overwrite leaves the old folder as it was
+    atomic_io.write_folder(str(target), lambda f: open(os.path.join(f, "b"), "w").write("2"), overwrite=True)
+    assert os.listdir(target) == ["b"] and os.listdir(tmp_path) == ["out"]

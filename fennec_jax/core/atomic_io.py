@@ -1,4 +1,4 @@
-"""Atomic file output: write to a temporary file in the same folder, then rename over.
+"""Atomic file output: write to a temporary file (or folder) in the same folder, then rename over.
 
 A reader (or a crash) never sees a half-written file: the target is either the old file or the
 complete new one. The file gets the mode ``open`` would give it (0o666 less the umask: 0o644
@@ -12,9 +12,11 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["write_bytes", "write_text", "write_json", "write_csv"]
+__all__ = ["write_bytes", "write_text", "write_json", "write_csv", "write_folder"]
 
 
 def _create_temp(folder: str, name: str) -> tuple[int, str]:
@@ -62,3 +64,34 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> Non
     writer.writerow(header)
     writer.writerows(rows)
     write_text(path, buf.getvalue())
+
+
+def write_folder(path: str, fill: Callable[[str], None], *, overwrite: bool = False) -> None:
+    """Creates the folder ``path`` atomically: ``fill(tmp)`` writes the contents into a new
+    temporary folder beside it, which is then renamed to ``path`` (replacing an existing one only
+    when ``overwrite``; the old folder is removed after the swap). If ``fill`` fails, nothing is
+    left behind and an existing ``path`` is untouched. The folder gets mode 0o777 less the umask.
+
+    Raises:
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path}: already exists")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        fill(tmp)
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
+            os.rename(path, os.path.join(old, "previous"))
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

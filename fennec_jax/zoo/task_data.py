@@ -219,27 +219,20 @@ def write_image_folder(out: str, images: np.ndarray, labels: np.ndarray, classes
     """Writes ``images[N, H, W(, 3)]`` (float in [0, 1] or uint8) as ``OUT/CLASS/NNNNN.png``, the
     layout :func:`read_task` reads; ``labels[N]`` index ``classes``. ``OUT`` must not exist
     (written into a temporary folder, renamed when complete)."""
-    import tempfile
-
     from PIL import Image
 
-    if os.path.exists(out):
-        raise FileExistsError(f"{out}: already exists; choose a new folder")
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-task-", dir=parent)
+    from fennec_jax.core import atomic_io
+
     images = np.asarray(images)
     if images.dtype != np.uint8:
         images = (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = os.path.join(tmp, classes[int(label)])
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(image).save(os.path.join(folder, f"{i:05d}.png"))
-    os.chmod(tmp, 0o777 & ~_umask())
-    os.rename(tmp, out)
 
+    def fill(folder: str) -> None:
+        for i, (image, label) in enumerate(zip(images, labels)):
+            os.makedirs(os.path.join(folder, classes[int(label)]), exist_ok=True)
+            Image.fromarray(image).save(os.path.join(folder, classes[int(label)], f"{i:05d}.png"))
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    try:
+        atomic_io.write_folder(out, fill)
+    except FileExistsError:
+        raise FileExistsError(f"{out}: already exists; choose a new folder") from None

@@ -27,14 +27,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 import fennec_jax
+from fennec_jax.core import atomic_io
 from fennec_jax.core.checkpoint import restore_arrays, save_arrays
 from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Records
@@ -224,28 +223,17 @@ class Zoo:
 
     def save(self, path: str, *, overwrite: bool = False) -> None:
         """Writes the zoo folder ``path`` (see the module docstring), atomically."""
-        path = os.path.abspath(path)
-        if os.path.exists(path) and not overwrite:
-            raise ZooError(f"{path}: already exists (choose another folder or pass --overwrite)")
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-zoo-", dir=parent)
+        manifest = self._manifest()
+
+        def fill(folder: str) -> None:
+            save_arrays(os.path.join(folder, "arrays"), FORMAT, manifest, self._arrays())
+            self.method.save(self.state, os.path.join(folder, "method"))
+            atomic_io.write_json(os.path.join(folder, "manifest.json"), manifest)
+
         try:
-            manifest = self._manifest()
-            save_arrays(os.path.join(tmp, "arrays"), FORMAT, manifest, self._arrays())
-            self.method.save(self.state, os.path.join(tmp, "method"))
-            with open(os.path.join(tmp, "manifest.json"), "w") as f:
-                json.dump(manifest, f, indent=1)
-            os.chmod(tmp, 0o755)
-            if os.path.exists(path):
-                old = tempfile.mkdtemp(prefix=".old-zoo-", dir=parent)
-                os.rename(path, os.path.join(old, "zoo"))
-                os.rename(tmp, path)
-                shutil.rmtree(old)
-            else:
-                os.rename(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            atomic_io.write_folder(path, fill, overwrite=overwrite)
+        except FileExistsError:
+            raise ZooError(f"{os.path.abspath(path)}: already exists (choose another folder or pass --overwrite)") from None
 
     def _manifest(self) -> dict:
         cal = self.calibration
