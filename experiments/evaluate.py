@@ -5,6 +5,13 @@
   ./run.sh evaluate --records=my_records.csv [--model_meta=models.csv] --methods=popularity,fennec:preset=nmf
   ./run.sh evaluate --records=built/records.csv --proxies=built/proxy.npz --features=built/features \
       --methods=popularity,fennec,logme,leep --probes=0,3
+  ./run.sh evaluate --benchmark=parc_controlled,spider_multi --methods=fennec --probes=3 --seeds=5 \
+      --probe_policy=random,suggest:dopt,suggest:thompson
+
+--probe_policy compares how the k probes are chosen, on the same tasks and seeds: random (the
+shared draw; rows "k") or suggest:NAME[:key=value+...] (a policy of
+fennec_jax.methods.suggest picks each probe from the method's state, the pick's true score
+revealed before the next; rows "k suggest:NAME"; batch=true picks all k at once).
 
 A method is NAME or NAME:key=value+key=value (its configuration, e.g. fennec:preset=nmf,
 spider:preset=wide); --method_config adds key=value,... to every method. Writes
@@ -34,6 +41,9 @@ _PROBES = flags.DEFINE_list("probes", ["0", "1", "3", "5"], "Numbers k of probe 
 _SEEDS = flags.DEFINE_integer("seeds", 10, "Probe draws per (task, k).", lower_bound=1)
 _HISTORY = flags.DEFINE_enum("history", "targets", ["targets", "all"],
                              "History tasks: the other targets only, or all other tasks.")
+_PROBE_POLICY = flags.DEFINE_list("probe_policy", ["random"],
+                                  "How probes are chosen: random and/or suggest:NAME[:key=value+...] "
+                                  "(NAME: dopt, thompson, random).")
 _OUT = flags.DEFINE_string("out", "runs/evaluate", "Output folder.")
 
 
@@ -57,7 +67,11 @@ def main():
         if _PROXIES.value or _FEATURES.value:
             raise cli.InputError("--proxies and --features go with --records")
         benchmarks = [cli.by_name(load_benchmark, name, "benchmark") for name in _BENCHMARK.value]
-    split = protocol.TasksOut(probes=probes, seeds=_SEEDS.value, history=_HISTORY.value)
+    try:
+        split = protocol.TasksOut(probes=probes, seeds=_SEEDS.value, history=_HISTORY.value,
+                                  probe_policy=tuple(_PROBE_POLICY.value))
+    except ValueError as err:
+        raise cli.InputError(f"--probe_policy: {err}") from None
     for bench in benchmarks:
         out = _OUT.value if len(benchmarks) == 1 else os.path.join(_OUT.value, bench.name)
         start = time.perf_counter()

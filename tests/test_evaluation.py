@@ -91,3 +91,81 @@ def test_registry():
     assert {"random", "popularity", "knn_task"} <= set(method_names())
     with pytest.raises(ValueError, match="unknown method"):
         get_method("nope")
+
+
+# ----------------------------------------------------------------------------- probe policies
+
+# knn_task on parc_controlled, k = 0 and 3, 2 seeds, computed before probe policies existed.
+_BEFORE_POLICIES = {"0": {"weighted_tau": 0.5992922633886337, "kendall": 0.47055379549662274,
+                          "top1_regret": 1.5105145772298176},
+                    "3": {"weighted_tau": 0.5916076650222143, "kendall": 0.45496724049250287,
+                          "top1_regret": 1.7284043629964192}}
+
+
+@pytest.mark.parametrize("policy", ["random", ("random",)])
+def test_default_random_probes_give_the_results_from_before_probe_policies(policy):
+    bench = load_benchmark("parc_controlled")
+    report = evaluation.evaluate(bench, {"knn": KnnTask()}, evaluation.TasksOut(probes=(0, 3), seeds=2,
+                                                                                probe_policy=policy))
+    assert report["settings"] == ["0", "3"] and report["protocol"]["probe_policy"] == ["random"]
+    for k, want in _BEFORE_POLICIES.items():
+        for key, value in want.items():
+            assert report["results"]["knn"][k]["mean"][key] == pytest.approx(value, rel=1e-9)
+    assert report["results"]["knn"]["0"]["mean"]["weighted_tau_k0"] == report["results"]["knn"]["0"]["mean"]["weighted_tau"]
+
+
+def test_final_regret_is_the_best_of_the_probes_and_the_top_prediction():
+    true = np.array([5.0, 9.0, 1.0, 7.0, 3.0])
+    valid = np.array([True, True, True, True, False])
+    pred = np.array([[0.0, 0.0, 1.0, 0.5, 9.0],   # top valid non-probe: model 2 (1.0); probes 0, 3 -> 7.0
+                     [0.0, 5.0, 1.0, 0.5, 9.0],   # top valid non-probe: model 1, the best
+                     [0.0, 0.0, 0.0, 0.0, 9.0]])  # no probes, prediction ties -> lowest index: model 0
+    regret = evaluation.final_regret(true, pred, [np.array([0, 3]), np.array([0, 3]), np.zeros(0, int)], valid)
+    np.testing.assert_allclose(regret, [2.0, 0.0, 4.0])
+
+
+def test_policy_probes_are_chosen_one_at_a_time_from_the_true_scores():
+    bench = load_benchmark("parc_controlled")
+    bench = dataclasses.replace(bench, targets=bench.targets[:2])
+    fennec = get_method("fennec", preset="mf", steps=100)
+    seen = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Watched(type(fennec)):
+        def task_posterior(self, state, evidence):
+            seen.append((evidence.metadata["task"], evidence.probe_models.copy(), evidence.probe_scores.copy()))
+            return super().task_posterior(state, evidence)
+
+    split = evaluation.TasksOut(probes=(0, 2), seeds=2, probe_policy=("random", "suggest:dopt", "suggest:thompson"))
+    report = evaluation.evaluate(bench, {"f": Watched(preset="mf", steps=100)}, split)
+    assert report["settings"] == ["0", "2", "2 suggest:dopt", "2 suggest:thompson"]
+    assert report["protocol"]["probe_policy"] == ["random", "suggest:dopt", "suggest:thompson"]
+    records = bench.records
+    # Per task: 2 policies x 2 seeds x 2 picks, the k-th pick seeing the k earlier ones with their true scores.
+    assert len(seen) == 2 * 2 * 2 * 2
+    for task, probes, scores in seen:
+        t = records.tasks.index(task)
+        assert task in bench.targets and len(probes) in (0, 1)
+        assert bench.eval_mask[t][probes].all()
+        np.testing.assert_array_equal(scores, records.scores[t, probes])
+    for setting in report["settings"]:
+        mean = report["results"]["f"][setting]["mean"]
+        assert np.isfinite([mean["weighted_tau"], mean["final_regret"], mean["weighted_tau_k0"]]).all()
+    # Adding policies leaves the random rows as they were.
+    alone = evaluation.evaluate(bench, {"f": fennec}, evaluation.TasksOut(probes=(0, 2), seeds=2))
+    for setting in ("0", "2"):
+        assert alone["results"]["f"][setting]["per_task"] == report["results"]["f"][setting]["per_task"]
+
+
+def test_bad_probe_policies_are_refused_before_any_fit():
+    spy = Spy(None)
+    with pytest.raises(ValueError, match="'spy' does not give; use a fennec method"):
+        evaluation.evaluate(load_benchmark("parc_controlled"), {"spy": spy},
+                            evaluation.TasksOut(probes=(3,), probe_policy=("random", "suggest:thompson")))
+    assert spy.seen == []
+    with pytest.raises(ValueError, match="expected 'random' or 'suggest:NAME'"):
+        evaluation.TasksOut(probe_policy="dopt")
+    with pytest.raises(ValueError, match="unknown probe policy 'best'"):
+        evaluation.TasksOut(probe_policy=("random", "suggest:best"))
+    with pytest.raises(ValueError, match="distinct"):
+        evaluation.TasksOut(probe_policy=("random", "random"))

@@ -12,7 +12,17 @@ on a benchmark under one split:
   (``task_side["proxy"]``) and the models' forward-pass features when the benchmark carries
   them, never t's other scores. Metrics (``metrics.ranking_metrics``: weighted tau, Kendall
   tau-b, Spearman, Pearson, top-1 regret in the task's units) are computed on t's evaluated
-  models that are not probes; mean over seeds per task, then over tasks.
+  models that are not probes, plus ``final_regret``: the regret of the pick a user makes after
+  the probes, the best measured of the probes and the top predicted non-probe model (one
+  more fine-tune), and ``weighted_tau_k0``: the weighted tau of the method's prediction
+  without the probes (k = 0 evidence) over the same non-probe models (``weighted_tau`` minus
+  it is what the probes' results added; the rest of a change between settings comes from
+  which models are left to rank); mean over seeds per task, then over tasks.
+  ``probe_policy`` names how the probes are chosen: ``'random'`` (:func:`probe_draw`; setting
+  ``"k"``) and/or ``'suggest:NAME'`` (a policy of :mod:`fennec_jax.methods.suggest`, setting
+  ``"k suggest:NAME"``): the policy picks each probe among t's evaluated models from the
+  method's state fitted on the history, t's true score of each pick revealed before the next
+  (all at once for a policy configured ``batch=true``); seed s seeds the policy's randomness.
 * :class:`ModelsOut` (cold-start models): ``folds`` partition the models; for each fold every
   cell of its models is hidden (``Records.hide_models``: names, metadata and side
   information stay) and the method, fitted on the rest, predicts them on every task
@@ -49,6 +59,7 @@ import numpy as np
 from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Benchmark, Records
 from fennec_jax.eval import metrics
+from fennec_jax.methods import suggest
 
 __all__ = [
     "METRIC_KEYS",
@@ -57,13 +68,14 @@ __all__ = [
     "ArchitecturesOut",
     "evaluate",
     "probe_draw",
+    "final_regret",
     "validation_draws",
     "validation_tau",
     "model_folds",
     "history_predictions",
 ]
 
-METRIC_KEYS = ("weighted_tau", "kendall", "spearman", "pearson", "top1_regret")
+METRIC_KEYS = ("weighted_tau", "kendall", "spearman", "pearson", "top1_regret", "final_regret", "weighted_tau_k0")
 
 
 # ----------------------------------------------------------------------------- probes
@@ -112,16 +124,35 @@ def validation_tau(trues: Sequence[np.ndarray], preds: Sequence[np.ndarray], val
 
 @dataclasses.dataclass(frozen=True)
 class TasksOut:
-    """Leave-one-task-out with k probes (module docstring)."""
+    """Leave-one-task-out with k probes (module docstring); ``probe_policy``: one spec or a
+    tuple of them (``'random'``, ``'suggest:NAME'``), each checked here."""
 
     probes: tuple[int, ...] = (0, 1, 3, 5)
     seeds: int = 10
     history: str = "targets"
+    probe_policy: str | tuple[str, ...] = "random"
     kind = "tasks_out"
+
+    def __post_init__(self):
+        specs = (self.probe_policy,) if isinstance(self.probe_policy, str) else tuple(self.probe_policy)
+        if not specs or len(set(specs)) != len(specs):
+            raise ValueError(f"probe_policy: expected distinct specs, got {list(specs)}")
+        for spec in specs:
+            if spec != "random" and not spec.startswith("suggest:"):
+                raise ValueError(f"probe_policy {spec!r}: expected 'random' or 'suggest:NAME' "
+                                 f"(NAME one of {', '.join(suggest.POLICIES.names())})")
+            if spec != "random":
+                suggest.policy_from_spec(spec.removeprefix("suggest:"))
+        object.__setattr__(self, "probe_policy", specs)
+
+    def settings(self) -> list[tuple[int, str]]:
+        """``(k, policy)`` per reported setting: k = 0 once (no probe to choose), then each
+        policy for each k > 0."""
+        return [(int(k), policy) for k in self.probes for policy in (("random",) if k == 0 else self.probe_policy)]
 
     def describe(self, benchmark: Benchmark) -> dict:
         return {"kind": "leave-one-task-out", "probes": [int(k) for k in self.probes], "seeds": int(self.seeds),
-                "history": self.history, "targets": list(benchmark.targets),
+                "history": self.history, "probe_policy": list(self.probe_policy), "targets": list(benchmark.targets),
                 "weighted_tau": "scipy.stats.weightedtau(true, pred, rank=None)",
                 "aggregation": "mean over seeds, then per task, then over tasks; se over tasks"}
 
@@ -219,11 +250,47 @@ def _task_inputs(benchmark: Benchmark, task: int) -> dict:
     return extra
 
 
+def _setting_label(k: int, policy: str) -> str:
+    return str(k) if policy == "random" else f"{k} {policy}"
+
+
+def final_regret(true: np.ndarray, pred: np.ndarray, probes: Sequence[np.ndarray], valid: np.ndarray) -> np.ndarray:
+    """``regret[S]`` of a user's final pick per draw: the best true score over ``valid[M]``
+    minus the best of the probes' true scores and the true score of the top prediction among
+    the valid non-probes (``true[M]``, ``pred[S, M]``, ``probes[s]`` indices; prediction ties
+    to the lowest index, as ``metrics.top1_regret``)."""
+    best = true[valid].max()
+    out = np.empty(len(pred))
+    for s, (row, chosen) in enumerate(zip(pred, probes)):
+        rest = valid.copy()
+        rest[chosen] = False
+        measured = [true[chosen].max()] if len(chosen) else []
+        top = [true[np.argmax(np.where(rest, row, -np.inf))]] if rest.any() else []
+        out[s] = best - max(measured + top)
+    return out
+
+
+def _choose(method, state, policy: str, policies: dict, k: int, seed: int, task: int, draws: dict,
+            candidates: np.ndarray, true: np.ndarray, inputs: dict) -> np.ndarray:
+    """``probes[k]`` of one draw: the shared random draw, or the policy's picks among
+    ``candidates``, each one's true score revealed before the next."""
+    if policy == "random":
+        return draws[(k, seed)]
+    evidence, _ = suggest.choose_probes(method, state, TaskEvidence(seed=seed, **inputs), k, policies[policy],
+                                        reveal=lambda m: true[m], candidates=candidates, seed=[seed, task, k])
+    return evidence.probe_models
+
+
 def _tasks_out(benchmark, methods, split: TasksOut, progress):
     records = benchmark.records
     history_pool = benchmark.history_tasks(split.history)
-    results = {name: {str(k): {"per_task": {}} for k in split.probes} for name in methods}
+    settings = split.settings()
+    results = {name: {_setting_label(k, p): {"per_task": {}} for k, p in settings} for name in methods}
     seconds = {name: 0.0 for name in methods}
+    policies = {p: suggest.policy_from_spec(p.removeprefix("suggest:")) for p in split.probe_policy if p != "random"}
+    for method in methods.values():
+        for policy in policies.values():
+            suggest.check_supported(method, policy)
     for ti in benchmark.target_indices:
         task = records.tasks[ti]
         hist = records.select_tasks(history_pool[history_pool != ti])
@@ -234,21 +301,26 @@ def _tasks_out(benchmark, methods, split: TasksOut, progress):
         for name, method in methods.items():
             start = time.perf_counter()
             state = method.fit(hist, seed=0)
-            for k in split.probes:
-                evidences, masks = [], []
-                for s in range(split.seeds):
-                    chosen = draws[(k, s)]
-                    evidences.append(TaskEvidence(chosen, true[chosen], seed=s, **inputs))
-                    mask = benchmark.eval_mask[ti].copy()
-                    mask[chosen] = False
-                    masks.append(mask)
-                pred = _check(name, method.score_batch(state, evidences), (split.seeds, records.num_models))
-                values = metrics.ranking_metrics(np.broadcast_to(true, pred.shape), pred, np.stack(masks))
-                results[name][str(k)]["per_task"][task] = {
+            # The k = 0 prediction: the k = 0 setting itself, and the reference of weighted_tau_k0.
+            no_probes = _check(name, method.score_batch(state, [TaskEvidence(seed=s, **inputs) for s in range(split.seeds)]),
+                               (split.seeds, records.num_models))
+            for k, policy in settings:
+                chosen = [_choose(method, state, policy, policies, k, s, ti, draws, candidates, true, inputs)
+                          for s in range(split.seeds)] if k else [np.zeros(0, int)] * split.seeds
+                masks = np.repeat(benchmark.eval_mask[ti][None], split.seeds, 0)
+                for mask, probes in zip(masks, chosen):
+                    mask[probes] = False
+                pred = no_probes if k == 0 else _check(name, method.score_batch(state, [
+                    TaskEvidence(probes, true[probes], seed=s, **inputs) for s, probes in enumerate(chosen)]),
+                    (split.seeds, records.num_models))
+                values = dict(metrics.ranking_metrics(np.broadcast_to(true, pred.shape), pred, masks))
+                values["final_regret"] = final_regret(true, pred, chosen, benchmark.eval_mask[ti])
+                values["weighted_tau_k0"] = metrics.weighted_tau(np.broadcast_to(true, pred.shape), no_probes, masks)
+                results[name][_setting_label(k, policy)]["per_task"][task] = {
                     key: float(np.nanmean(np.asarray(values[key]))) for key in METRIC_KEYS}
             seconds[name] += time.perf_counter() - start
             progress(f"{benchmark.name}: {name} on {task}")
-    return results, seconds, [str(k) for k in split.probes], METRIC_KEYS
+    return results, seconds, [_setting_label(k, p) for k, p in settings], METRIC_KEYS
 
 
 def history_predictions(method, state, history: Records) -> np.ndarray:

@@ -67,6 +67,7 @@ from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Records, standardize
 from fennec_jax.core.ridge import RidgeMap, ridge_solve
 from fennec_jax.methods.base import MethodBase, register
+from fennec_jax.methods.suggest import LinearPosterior, probe_precision
 
 __all__ = [
     "SpaceConfig",
@@ -816,6 +817,23 @@ class Fennec(MethodBase):
 
     def score(self, state: TransferSpace, evidence: TaskEvidence) -> np.ndarray:
         return state.task_scores(*self._space_vector(state, evidence))
+
+    def task_posterior(self, state: TransferSpace, evidence: TaskEvidence) -> LinearPosterior:
+        """The probe ridge read as a Gaussian posterior (:mod:`fennec_jax.methods.suggest`): mean
+        the vector :meth:`score` uses, precision ``Xc' Xc + probe_l2 I`` over the probes, prior
+        variance per dim the mean variance of the history task vectors (so noise = ``probe_l2``
+        times it; 0 for a space without task-vector dims); scores in :meth:`TransferSpace.scores`
+        units, with :meth:`TransferSpace.task_scores`' affinity term in those units (same order)."""
+        vec, task = self._space_vector(state, evidence)
+        raw = state.scores(vec)
+        affinity = state.affinity(task) if state.config.affinity_weight > 0 else np.zeros_like(raw)
+        spread = raw.std()
+        spread = spread if spread > 1e-12 else 1.0
+        l2 = state.config.probe_l2
+        noise = l2 * float(state.task_vecs.var(0).mean()) if state.dim else 0.0
+        return LinearPosterior(raw + state.config.affinity_weight * spread * affinity, state.model_vecs,
+                               evidence.probe_models, probe_precision(state.model_vecs, evidence.probe_models, l2),
+                               noise)
 
     def complete(self, state: TransferSpace) -> np.ndarray:
         """``scores[T, M]`` of every model on every history task, from the fitted task vectors."""
