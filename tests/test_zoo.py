@@ -216,6 +216,21 @@ def test_zoo_without_task_data_ranks_from_probes(world):
         zoo.rank(data["task8"])
 
 
+def test_suggest_next_fine_tunes(zoo, world):
+    _, data, _ = world
+    picks = zoo.suggest(data["task8"], budget=3, probes={"model0": 0.7})
+    names = [p["model"] for p in picks]
+    assert len(set(names)) == 3 and "model0" not in names and all(n in zoo.models for n in names)
+    assert picks[0]["gain_means"].startswith("probability") and all(0 <= p["gain"] <= 1 for p in picks)
+    dopt = zoo.suggest(data["task8"], budget=2, policy="dopt", probes={"model0": 0.7})
+    assert all(p["gain"] > 0 for p in dopt)
+    with pytest.raises(ZooError, match="ask for at most 11"):
+        zoo.suggest(data["task8"], budget=12, probes={"model0": 0.7})
+    plain = fit_zoo(zoo.records, method="popularity", calibration_tasks=3)
+    with pytest.raises(ZooError, match="suggest:"):
+        plain.suggest(budget=2, probes={"model1": 0.5})
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -258,6 +273,16 @@ def test_rank_command_writes_the_ranking_and_reports(cli_zoo):
     html = open(out / "report.html").read()
     assert "<img" in html and "data:image/png;base64," in html and "model2" in html
     assert "top 10" in result.stdout and result.stdout.count("model") >= 10
+
+
+def test_suggest_command(cli_zoo):
+    result = _run("experiments.suggest", f"--zoo={cli_zoo}/zoo", f"--task={cli_zoo}/task8.npz", "--budget=2",
+                  "--probes=model2=0.95")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("fine-tune next (thompson") and len(lines) == 3 and "model2 " not in result.stdout
+    too_many = _run("experiments.suggest", f"--zoo={cli_zoo}/zoo", "--budget=40", "--probes=model2=0.95")
+    assert too_many.returncode == 1 and too_many.stderr.strip().splitlines()[-1].startswith("error: suggest: budget")
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -221,6 +221,31 @@ class Zoo:
         table = RankingTable(self.models, predicted, measured, low, high)
         return TaskRanking(str(name or "new task"), table, " + ".join(sources) or "history only", level)
 
+    def suggest(self, task: str | TaskData | None = None, *, budget: int = 3, policy: str = "thompson",
+                probes: Mapping[str, float] | None = None, metadata: Mapping[str, Any] | None = None,
+                encoder=None, seed: int = 0) -> list[dict]:
+        """The next ``budget`` models to fine-tune for a new task, best first, each with its
+        expected gain (:mod:`fennec_jax.methods.suggest`: ``thompson`` hunts the best model,
+        ``dopt`` reduces the uncertainty about the task vector, ``random`` is the baseline).
+
+        Returns ``[{"model", "gain", "gain_means", "predicted_score"}]``. A ZooError for a budget
+        larger than the models left, an unknown or repeated probe, or a method without a
+        posterior (policies other than ``random`` need fennec's).
+        """
+        from fennec_jax.methods import suggest as suggest_lib
+
+        proxy = None if task is None else self.task_proxy(task, encoder)
+        evidence = self.evidence(probes=probes, proxy=proxy, metadata=metadata)
+        try:
+            chosen = suggest_lib.suggest(self.method, self.state, evidence, budget, policy, seed=seed)
+        except ValueError as err:
+            raise ZooError(f"suggest: {err}") from None
+        scores = np.asarray(self.method.score(self.state, evidence), np.float64)
+        predicted, _, _ = self.calibration.predict(scores, proxy=proxy, probe_models=evidence.probe_models,
+                                                   probe_scores=evidence.probe_scores)
+        return [{"model": self.models[m], "gain": float(g), "gain_means": chosen.gain,
+                 "predicted_score": float(predicted[m])} for m, g in zip(chosen.models, chosen.gains)]
+
     def save(self, path: str, *, overwrite: bool = False) -> None:
         """Writes the zoo folder ``path`` (see the module docstring), atomically."""
         manifest = self._manifest()
