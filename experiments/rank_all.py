@@ -44,6 +44,8 @@ _TOP_K = flags.DEFINE_integer("top_k", None, "Keep the top k models per task (de
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 256, "Tasks per resumable shard.", lower_bound=1)
 _EVAL_PROBES = flags.DEFINE_integer("eval_probes", 3, "k for the leave-one-task-out check.", lower_bound=0)
 _EVAL_SEEDS = flags.DEFINE_integer("eval_seeds", 5, "Seeds for the leave-one-task-out check.", lower_bound=1)
+_EVAL_MAX_TASKS = flags.DEFINE_integer("eval_max_tasks", 12, "The check holds out at most this many targets "
+                                       "(evenly spaced), each against all the others.", lower_bound=2)
 _OUT = flags.DEFINE_string("out", "runs/rank_all", "Output folder.")
 
 
@@ -74,7 +76,8 @@ def main():
     if unknown:
         raise cli.InputError(f"--lower_is_better: no task named {', '.join(unknown)} in the records")
     job = RankJob(method=method.name, top_k=_TOP_K.value, shard_size=_SHARD_SIZE.value,
-                  eval_probes=_EVAL_PROBES.value, eval_seeds=_EVAL_SEEDS.value, source=source,
+                  eval_probes=_EVAL_PROBES.value, eval_seeds=_EVAL_SEEDS.value,
+                  eval_max_tasks=_EVAL_MAX_TASKS.value, source=source,
                   lower_is_better=tuple(_LOWER_IS_BETTER.value))
     start = time.perf_counter()
     summary = run_rank_job(benchmarks, method, job, _OUT.value,

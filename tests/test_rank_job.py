@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from fennec_jax.benchmarks.bundled import as_benchmark, benchmark_names, load_benchmark
 from fennec_jax.core import atomic_io
 from fennec_jax.core.records import records_from_matrix
@@ -237,6 +238,27 @@ def test_a_task_with_fewer_evaluated_models_than_probes_is_left_out_of_the_check
     assert loto["skipped"] == ["t3"] and "fewer than k + 2 = 5 evaluated models: t3" in loto["note"]
     assert loto["weighted_tau"] is not None
     assert log[-1] == "syn: self-check 3/3 tasks"
+
+
+def test_the_check_holds_out_at_most_eval_max_tasks_targets(tmp_path):
+    scores = np.random.default_rng(0).random((7, 6))
+    log = []
+    records = records_from_matrix([f"m{i}" for i in range(6)], [f"t{i}" for i in range(7)], scores)
+    summary = run_rank_job([as_benchmark(records, "syn")], get_method("popularity"),
+                           RankJob(method="popularity", eval_probes=1, eval_seeds=1, eval_max_tasks=3), str(tmp_path),
+                           log=log.append)
+    loto = summary["benchmarks"]["syn"]["loto"]
+    assert "held out 3 of the 7 targets" in loto["note"] and log[-1] == "syn: self-check 3/3 tasks"
+    # The same figure as the evaluation loop holding out t0, t3 and t6 against all 7 targets.
+    from fennec_jax.eval import protocol
+
+    report = protocol.evaluate(as_benchmark(records, "syn"), {"popularity": get_method("popularity")},
+                               protocol.TasksOut(probes=(1,), seeds=1, held_out=("t0", "t3", "t6")))
+    assert loto["weighted_tau"] == report["results"]["popularity"]["1"]["mean"]["weighted_tau"]
+    assert sorted(report["results"]["popularity"]["1"]["per_task"]) == ["t0", "t3", "t6"]
+    with pytest.raises(ValueError, match=r"held_out: not target tasks of syn: \['t9'\]"):
+        protocol.evaluate(as_benchmark(records, "syn"), {"popularity": get_method("popularity")},
+                          protocol.TasksOut(probes=(1,), seeds=1, held_out=("t9",)))
 
 
 def test_output_files_respect_the_umask(tmp_path):

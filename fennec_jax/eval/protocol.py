@@ -131,6 +131,7 @@ class TasksOut:
     seeds: int = 10
     history: str = "targets"
     probe_policy: str | tuple[str, ...] = "random"
+    held_out: tuple[str, ...] | None = None  # targets held out in turn (default: all); history unchanged
     kind = "tasks_out"
 
     def __post_init__(self):
@@ -291,7 +292,13 @@ def _tasks_out(benchmark, methods, split: TasksOut, progress):
     for method in methods.values():
         for policy in policies.values():
             suggest.check_supported(method, policy)
-    for ti in benchmark.target_indices:
+    targets = benchmark.target_indices
+    if split.held_out is not None:
+        unknown = sorted(set(split.held_out) - {records.tasks[t] for t in targets})
+        if unknown:
+            raise ValueError(f"held_out: not target tasks of {benchmark.name}: {unknown[:5]}")
+        targets = [t for t in targets if records.tasks[t] in split.held_out]
+    for ti in targets:
         task = records.tasks[ti]
         hist = records.select_tasks(history_pool[history_pool != ti])
         true = records.scores[ti]
