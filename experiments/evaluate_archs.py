@@ -4,15 +4,24 @@
       --methods=archi2vec,archi2vec_ssl,graph_regression:features=opcount,graph_regression:features=both+regressor=forest \
       --train=100,1000 --seeds=3 --out=runs/archs_nas_bench_graph
   ./run.sh evaluate_archs --records=records.csv --graphs=graphs.jsonl --methods=archi2vec,graph_regression
+  ./run.sh evaluate_archs --benchmark=nas_bench_graph --max_models=3000 --export=runs/nbg_renamed --rename_ops
 
 For each train size n and seed, every method sees the records of the same n random
 architectures and ranks all the others (the architectures-out split of
 fennec_jax.eval.protocol). archi2vec_ssl is archi2vec started from an encoder pretrained
 self-supervised on every graph (--ssl). Writes OUT/report.json and OUT/report.md and prints
 the mean table. Graphs of --graphs without records are used by the pre-training only.
+
+--export writes the benchmark (after --max_models) as the files a --records / --graphs run
+reads, EXPORT/records.csv and EXPORT/graphs.jsonl, instead of evaluating; with --rename_ops
+every op type is written under an opaque name no reader knows (``op_`` + 8 hex digits of its
+name's SHA-256: a fixed bijection), so a run on the export checks that a file in a user's own
+op names ranks as the native graphs do (same splits: the models keep their order).
 """
 
 import dataclasses
+import hashlib
+import os
 import time
 
 import numpy as np
@@ -22,6 +31,7 @@ from tqdm import tqdm
 from experiments import cli
 from fennec_jax.archs import archi2vec, graphs, nas_bench_graph
 from fennec_jax.benchmarks.bundled import as_benchmark, load_benchmark
+from fennec_jax.core import atomic_io
 from fennec_jax.core.records import load_records
 from fennec_jax.core.registry import parse_spec
 from fennec_jax.eval import protocol, reports
@@ -47,6 +57,10 @@ _ENSEMBLE = flags.DEFINE_integer("ensemble", archi2vec.Archi2VecConfig.ensemble,
 _SSL = flags.DEFINE_enum("ssl", archi2vec.Archi2VecConfig.ssl_objective, list(archi2vec.SSL_OBJECTIVES),
                          "archi2vec_ssl's self-supervised objective.")
 _OUT = flags.DEFINE_string("out", "runs/evaluate_archs", "Output folder.")
+_EXPORT = flags.DEFINE_string("export", None, "Write the benchmark as EXPORT/records.csv and EXPORT/graphs.jsonl "
+                              "(what --records / --graphs read) instead of evaluating.")
+_RENAME_OPS = flags.DEFINE_bool("rename_ops", False, "With --export: write every op type under an opaque name "
+                                "outside the built-in ones (a fixed bijection).")
 
 
 def _load():
@@ -68,11 +82,37 @@ def _load():
     return as_benchmark(records, name=name), zoo
 
 
+def _renamed_op(name: str) -> str:
+    """The opaque name --rename_ops writes for op type ``name``."""
+    return "op_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def _export(bench, folder: str, rename: bool) -> None:
+    """Writes bench's records (long, models in order) and graphs (named by model) for --records / --graphs."""
+    records = bench.records
+    os.makedirs(folder, exist_ok=True)
+    rows = [(model, task, float(records.scores[t, m])) for m, model in enumerate(records.models)
+            for t, task in enumerate(records.tasks) if records.mask[t, m]]
+    atomic_io.write_csv(os.path.join(folder, "records.csv"), ("model", "task", "score"), rows)
+    written = []
+    for model, graph in zip(records.models, records.model_side["graph"]):
+        ops = [_renamed_op(op) if rename else op for op in graph.op_names]
+        extra = sorted({op for op in ops if op not in graphs.OPS})
+        attrs = [graph.node_attrs(i) for i in range(graph.num_nodes)]
+        written.append(graphs.ArchGraph.from_ops(model, ops, graph.edges, attrs, extra_ops=extra))
+    graphs.save_jsonl(written, os.path.join(folder, "graphs.jsonl"))
+    print(f"wrote {records.num_models} models x {records.num_tasks} tasks to {folder}/records.csv and graphs.jsonl"
+          + (f" (op types renamed: {', '.join(sorted(graphs.OpVocabulary.from_graphs(written).extra))})"
+             if rename else ""))
+
+
 def main():
     if bool(_BENCHMARK.value) == bool(_RECORDS.value):
         raise cli.InputError("give exactly one of --benchmark or --records (with --graphs)")
     if bool(_RECORDS.value) != bool(_GRAPHS.value):
         raise cli.InputError("--records and --graphs go together")
+    if _RENAME_OPS.value and not _EXPORT.value:
+        raise cli.InputError("--rename_ops goes with --export")
     try:
         train_sizes = tuple(int(n) for n in _TRAIN.value)
     except ValueError:
@@ -95,6 +135,9 @@ def main():
         keep = np.sort(np.random.default_rng(0).permutation(bench.records.num_models)[: _MAX_MODELS.value])
         bench = as_benchmark(bench.records.select_models(keep), name=bench.name)
         zoo = bench.records.model_side["graph"]
+    if _EXPORT.value:
+        _export(bench, _EXPORT.value, _RENAME_OPS.value)
+        return
     pretrain_seconds = None
     if "archi2vec_ssl" in _METHODS.value:
         began = time.perf_counter()

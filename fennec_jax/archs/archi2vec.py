@@ -4,8 +4,9 @@ The encoder (`GraphEncoder`, Flax + jraph) maps a padded batch of architecture g
 (`graphs.to_graphs_tuple`) and an optional per-graph metadata vector ``meta[G, K]`` (for
 example the log parameter count) to embeddings ``emb[G, embed_dim]`` per network:
 
-1. node features (op one-hot, log attributes, attribute mask; with ``degree_features`` also
-   the log of each node's dataflow in- and out-degree) -> ``hidden`` wide states;
+1. node features (op one-hot in the model's op vocabulary, log attributes, attribute mask;
+   with ``degree_features`` also the log of each node's dataflow in- and out-degree) ->
+   ``hidden`` wide states;
 2. ``rounds`` rounds of message passing (`jraph.GraphNetwork`): each edge's message is an
    MLP of its direction feature (dataflow ``[1, 0]`` or reverse ``[0, 1]``) and the states
    of its two ends, messages are summed at the receiving node, and the node's state is
@@ -37,6 +38,12 @@ bucket shape), deterministic for a seed.
   per-task normal scores of task scores ``[T, M]`` (`core.records.normal_scores`).
   Both can start from a pretrained encoder.
 
+Op vocabulary (`graphs.OpVocabulary`): `pretrain`, and `fit_supervised` without ``init``, fit
+the network on the op names of their graphs (`OPS`, then the graphs' other op names, sorted);
+fits from ``init`` keep its vocabulary. The model carries it (`Archi2VecModel.vocab`), and
+`predict` / `embed` read new graphs in it: an op name it has not seen is `graphs.UNKNOWN_OP`.
+`save_model` / `restore_model` keep the vocabulary with the weights and config.
+
 `predict` gives the scores of unseen architectures from their graphs alone; `embed`
 gives ``emb[G, ensemble * embed_dim]``; `fit_vector_map` fits a ridge map from
 embeddings to given vectors (``vecs ~ emb @ W + b``). The ranking methods built on it
@@ -62,13 +69,16 @@ from fennec_jax.core import ridge
 from fennec_jax.core.records import normal_scores
 from fennec_jax.archs._jraph import jraph
 from fennec_jax.core.ridge import RidgeMap
-from fennec_jax.archs.graphs import OPS, ArchGraph, to_graphs_tuple
+from fennec_jax.archs.graphs import (BUILTIN_VOCABULARY, OPS, ArchGraph, OpVocabulary, resolve_vocabulary,
+                                     to_graphs_tuple)
 
 __all__ = [
     "Archi2VecConfig",
     "GraphEncoder",
     "Archi2VecModel",
     "init_model",
+    "save_model",
+    "restore_model",
     "pretrain",
     "fit_supervised",
     "fit_cold_start",
@@ -269,11 +279,13 @@ class Archi2VecModel:
       num_outputs: width D of the supervised head (0 for a pretrained-only encoder).
       params: the Flax parameters ``{"encoder": ..., "output_head": ..., "wl_head": ...}``,
         every leaf with a leading axis of the ``config.ensemble`` members.
+      vocab: the op vocabulary of its one-hot op features (their width is ``len(vocab)``).
     """
 
     config: Archi2VecConfig
     num_outputs: int
     params: Any
+    vocab: OpVocabulary = BUILTIN_VOCABULARY
 
     @property
     def network(self) -> _Network:
@@ -281,29 +293,76 @@ class Archi2VecModel:
 
 
 def init_model(config: Archi2VecConfig, num_outputs: int = 0, seed: int = 0,
-               encoder: Archi2VecModel | None = None) -> Archi2VecModel:
+               encoder: Archi2VecModel | None = None, vocab: OpVocabulary | None = None) -> Archi2VecModel:
     """Fresh parameters of ``config.ensemble`` members for ``num_outputs`` supervised
-    outputs; the encoder (and WL head) are copied from ``encoder`` when given (its config
-    must have the same network fields)."""
+    outputs, on the op vocabulary ``vocab`` (default: ``encoder``'s, else the built-in one);
+    the encoder (and WL head) are copied from ``encoder`` when given (its config must have
+    the same network fields, and its vocabulary be ``vocab``)."""
     if encoder is not None:
         differ = {f: (getattr(encoder.config, f), getattr(config, f)) for f in _NETWORK_FIELDS
                   if getattr(encoder.config, f) != getattr(config, f)}
         if differ:
             raise ValueError(f"encoder: built with other settings than config, (encoder, config): {differ}")
-    example = _example_batch(config)
+        if vocab is not None and vocab != encoder.vocab:
+            raise ValueError(f"vocab: the encoder's op vocabulary is {encoder.vocab}, got {vocab}")
+        vocab = encoder.vocab
+    vocab = BUILTIN_VOCABULARY if vocab is None else vocab
+    example = _example_batch(config, vocab)
     network = _Network(config, num_outputs)
     keys = jax.random.split(jax.random.key(seed), config.ensemble)
     params = jax.vmap(lambda key: network.init(key, *example)["params"])(keys)
     if encoder is not None:
         params = {**params, **{k: encoder.params[k] for k in ("encoder", "wl_head", "projection")}}
-    return Archi2VecModel(config, num_outputs, params)
+    return Archi2VecModel(config, num_outputs, params, vocab)
 
 
-def _example_batch(config: Archi2VecConfig):
+def _example_batch(config: Archi2VecConfig, vocab: OpVocabulary):
     graph = ArchGraph.from_ops("example", ["input", "output"], [[0, 1]])
-    batch, _ = to_graphs_tuple([graph])
+    batch, _ = to_graphs_tuple([graph], vocab=vocab)
     meta = jnp.zeros((len(batch.n_node), config.meta_dim)) if config.meta_dim else None
     return batch, meta
+
+
+_CHECKPOINT_FORMAT = "fennec_jax.archi2vec.Archi2VecModel/1"
+
+
+def save_model(model: Archi2VecModel, path: str, *, overwrite: bool = False) -> None:
+    """Writes ``model`` (weights, config, ``num_outputs`` and op vocabulary) as one checkpoint
+    folder ``path`` (`core.checkpoint.save_arrays`: atomic, checksummed)."""
+    from flax import traverse_util
+
+    from fennec_jax.core.checkpoint import save_arrays
+
+    arrays = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(model.params, sep="/").items()}
+    meta = {"config": dataclasses.asdict(model.config), "num_outputs": model.num_outputs,
+            "ops": list(model.vocab.names)}
+    save_arrays(path, _CHECKPOINT_FORMAT, meta, arrays, overwrite=overwrite)
+
+
+def restore_model(path: str) -> Archi2VecModel:
+    """The model `save_model` wrote at ``path``.
+
+    Raises:
+      CheckpointError: naming ``path``, for a folder that is not an intact archi2vec checkpoint
+        of this package version, or whose weights do not fit its config and vocabulary.
+    """
+    from flax import traverse_util
+
+    from fennec_jax.core.checkpoint import CheckpointError, restore_arrays
+
+    meta, arrays = restore_arrays(path, _CHECKPOINT_FORMAT, "fennec_jax archi2vec model")
+    try:
+        config, vocab = Archi2VecConfig(**meta["config"]), OpVocabulary.from_names(meta["ops"])
+        num_outputs = int(meta["num_outputs"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad archi2vec metadata ({exc})") from None
+    params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in arrays.items()})
+    expected = jax.eval_shape(lambda: init_model(config, num_outputs, 0, vocab=vocab).params)
+    if jax.tree.structure(expected) != jax.tree.structure(params) or any(
+        e.shape != a.shape for e, a in zip(jax.tree.leaves(expected), jax.tree.leaves(params))
+    ):
+        raise CheckpointError(f"{path}: its weights do not fit its config and op vocabulary")
+    return Archi2VecModel(config, num_outputs, params, vocab)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -327,9 +386,9 @@ def _pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([rows, np.zeros((length - len(rows), *rows.shape[1:]), rows.dtype)])
 
 
-def _batch(graphs: Sequence[ArchGraph], index: np.ndarray, meta: np.ndarray | None):
-    """(graphs_tuple, meta[G_pad, K] or None, BatchInfo) of graphs[index]."""
-    batch, info = to_graphs_tuple([graphs[i] for i in index])
+def _batch(graphs: Sequence[ArchGraph], index: np.ndarray, meta: np.ndarray | None, vocab: OpVocabulary):
+    """(graphs_tuple, meta[G_pad, K] or None, BatchInfo) of graphs[index], op features in vocab."""
+    batch, info = to_graphs_tuple([graphs[i] for i in index], vocab=vocab)
     batch_meta = None if meta is None else _pad_rows(meta[index], len(info.graph_mask))
     return batch, batch_meta, info
 
@@ -445,11 +504,11 @@ def _train(model, num_graphs, loss_fn, make_batch, steps, seed) -> tuple[Archi2V
     return dataclasses.replace(model, params=params), np.asarray(losses, np.float64)
 
 
-def _pretrain_objective(graphs, meta, config):
+def _pretrain_objective(graphs, meta, config, vocab):
     """(loss_fn, make_batch) of ``config.ssl_objective``."""
     if config.ssl_objective == "contrastive":
-        return _contrastive_loss, _contrastive_batches(graphs, meta, config)
-    return _wl_loss, _wl_batches(graphs, meta, config)
+        return _contrastive_loss, _contrastive_batches(graphs, meta, config, vocab)
+    return _wl_loss, _wl_batches(graphs, meta, config, vocab)
 
 
 def pretrain(
@@ -463,27 +522,30 @@ def pretrain(
 
     Returns:
       (model, losses[steps, ensemble]): a model with ``num_outputs = 0`` whose encoder
-      `embed` and `init_model` / `fit_supervised` (``init=``) can use.
+      `embed` and `init_model` / `fit_supervised` (``init=``) can use; its op vocabulary is
+      that of ``graphs``.
     """
     graph_features.check_graphs(graphs)
     meta = _check_meta(meta, len(graphs), config)
-    loss_fn, make_batch = _pretrain_objective(graphs, meta, config)
-    model = init_model(config, 0, seed)
+    vocab = OpVocabulary.from_graphs(graphs)
+    loss_fn, make_batch = _pretrain_objective(graphs, meta, config, vocab)
+    model = init_model(config, 0, seed, vocab=vocab)
     steps = config.steps(len(graphs), config.pretrain_epochs)
     return _train(model, len(graphs), loss_fn, make_batch, steps, seed)
 
 
-def _wl_batches(graphs: Sequence[ArchGraph], meta: np.ndarray | None, config: Archi2VecConfig):
+def _wl_batches(graphs: Sequence[ArchGraph], meta: np.ndarray | None, config: Archi2VecConfig,
+                vocab: OpVocabulary):
     """make_batch for `_train`: the graphs and their WL label distributions
     ``[G_pad, wl_iterations + 1, wl_vocab]`` (module docstring)."""
-    labels, _ = graph_features.wl_node_labels(graphs, config.wl_iterations)
+    labels, _ = graph_features.wl_node_labels(graphs, config.wl_iterations, vocab)
     labels = (labels % np.uint64(config.wl_vocab)).astype(np.int64)  # [N_all, iterations + 1]
     sizes = np.array([g.num_nodes for g in graphs])
     offsets = np.cumsum(sizes) - sizes
     levels = np.arange(config.wl_iterations + 1)
 
     def make_batch(index, rng):
-        batch, batch_meta, info = _batch(graphs, index, meta)
+        batch, batch_meta, info = _batch(graphs, index, meta, vocab)
         rows = np.concatenate([np.arange(offsets[i], offsets[i] + sizes[i]) for i in index])
         graph_of_row = np.repeat(np.arange(len(index)), sizes[index])
         bags = np.zeros((len(info.graph_mask), len(levels), config.wl_vocab), np.float32)
@@ -493,14 +555,15 @@ def _wl_batches(graphs: Sequence[ArchGraph], meta: np.ndarray | None, config: Ar
     return make_batch
 
 
-def _contrastive_batches(graphs: Sequence[ArchGraph], meta: np.ndarray | None, config: Archi2VecConfig):
+def _contrastive_batches(graphs: Sequence[ArchGraph], meta: np.ndarray | None, config: Archi2VecConfig,
+                         vocab: OpVocabulary):
     """make_batch for `_train`: two `augment`ed views of each graph of the minibatch,
     view i of graph b at rows b and B + b, each the other's partner."""
-    op_pool = np.unique(np.concatenate([g.ops for g in graphs]))
+    op_pool = np.unique(vocab.ids(graphs))
 
     def make_batch(index, rng):
-        views = [augment(graphs[i], rng, config.augment_rate, op_pool) for _ in range(2) for i in index]
-        batch, info = to_graphs_tuple(views)
+        views = [augment(graphs[i], rng, config.augment_rate, op_pool, vocab) for _ in range(2) for i in index]
+        batch, info = to_graphs_tuple(views, vocab=vocab)
         size, b = len(info.graph_mask), len(index)
         batch_meta = None if meta is None else _pad_rows(np.concatenate([meta[index], meta[index]]), size)
         partner = np.full(size, -1, np.int32)
@@ -510,20 +573,23 @@ def _contrastive_batches(graphs: Sequence[ArchGraph], meta: np.ndarray | None, c
     return make_batch
 
 
-def augment(graph: ArchGraph, rng: np.random.Generator, rate: float, op_pool: np.ndarray | None = None) -> ArchGraph:
+def augment(graph: ArchGraph, rng: np.random.Generator, rate: float, op_pool: np.ndarray | None = None,
+            vocab: OpVocabulary | None = None) -> ArchGraph:
     """A random view of ``graph`` for the contrastive objective: each node's attributes are
     masked (set missing), each edge dropped, and each node's op substituted by one drawn
-    from ``op_pool`` (op ids; default: all of `graphs.OPS`), independently with probability
-    ``rate`` (input and output nodes keep their op)."""
-    pool = np.arange(len(OPS)) if op_pool is None else np.asarray(op_pool)
+    from ``op_pool`` (op ids in ``vocab``; default: all of it), independently with probability
+    ``rate`` (input and output nodes keep their op). ``vocab`` defaults to the graph's own;
+    the view's op ids are ids in it (its ``extra_ops`` are ``vocab.extra``)."""
+    vocab = resolve_vocabulary([graph], vocab)
+    pool = np.arange(len(vocab)) if op_pool is None else np.asarray(op_pool)
     n = graph.num_nodes
     masked = rng.random(n) < rate
     keep_edges = rng.random(graph.num_edges) >= rate
-    ops = graph.ops.copy()
+    ops = vocab.ids([graph])
     swap = (rng.random(n) < rate) & ~np.isin(ops, _ENDPOINT_OPS)
     ops[swap] = rng.choice(pool, swap.sum())
     return ArchGraph(graph.name, ops, np.where(masked[:, None], 0.0, graph.attrs),
-                     graph.attr_mask & ~masked[:, None], graph.edges[keep_edges])
+                     graph.attr_mask & ~masked[:, None], graph.edges[keep_edges], vocab.extra)
 
 
 def fit_supervised(
@@ -544,7 +610,8 @@ def fit_supervised(
       mask: optional bool [M, D] observed targets (default: all).
       config: settings; ``config.epochs`` passes.
       seed: initialisation and minibatch order.
-      init: a pretrained model whose encoder to start from (same config).
+      init: a pretrained model whose encoder (and op vocabulary) to start from (same
+        config); without it the op vocabulary is that of ``graphs``.
       meta: [M, config.meta_dim] per-graph metadata when ``config.meta_dim > 0``.
 
     Returns:
@@ -561,13 +628,14 @@ def fit_supervised(
         raise ValueError("targets: non-finite values inside mask")
     targets = np.where(mask, targets, 0.0)
     meta = _check_meta(meta, len(graphs), config)
+    vocab = init.vocab if init is not None else OpVocabulary.from_graphs(graphs)
 
     def make_batch(index, rng):
-        batch, batch_meta, info = _batch(graphs, index, meta)
+        batch, batch_meta, info = _batch(graphs, index, meta, vocab)
         size = len(info.graph_mask)
         return batch, batch_meta, _pad_rows(targets[index], size), _pad_rows(mask[index], size)
 
-    model = init_model(config, targets.shape[1], seed, init)
+    model = init_model(config, targets.shape[1], seed, init, vocab)
     steps = config.steps(len(graphs), config.epochs)
     return _train(model, len(graphs), _supervised_loss, make_batch, steps, seed)
 
@@ -599,12 +667,12 @@ def _forward(params, batch, meta, *, network):
 
 
 def _forward_all(model: Archi2VecModel, graphs: Sequence[ArchGraph], meta) -> tuple[np.ndarray, np.ndarray]:
-    """(outputs[G, D], emb[G, d]) of all graphs, in node-budgeted chunks."""
+    """(outputs[G, D], emb[G, d]) of all graphs, in node-budgeted chunks, op features in the model's vocabulary."""
     graph_features.check_graphs(graphs)
     meta = _check_meta(meta, len(graphs), model.config)
     outputs, embs = [], []
     for index in chunks(graphs, model.config.max_batch_nodes):
-        batch, batch_meta, _ = _batch(graphs, index, meta)
+        batch, batch_meta, _ = _batch(graphs, index, meta, model.vocab)
         out, emb = _forward(model.params, batch, batch_meta, network=model.network)
         outputs.append(np.asarray(out)[: len(index)])
         embs.append(np.asarray(emb)[: len(index)])
@@ -613,13 +681,15 @@ def _forward_all(model: Archi2VecModel, graphs: Sequence[ArchGraph], meta) -> tu
 
 def embed(model: Archi2VecModel, graphs: Sequence[ArchGraph], meta: np.ndarray | None = None) -> np.ndarray:
     """emb[G, ensemble * embed_dim] float32 of graphs: the members' embeddings side by
-    side (meta[G, meta_dim] when the config has meta)."""
+    side (meta[G, meta_dim] when the config has meta). Op names outside ``model.vocab`` are
+    read as `graphs.UNKNOWN_OP`."""
     return _forward_all(model, graphs, meta)[1]
 
 
 def predict(model: Archi2VecModel, graphs: Sequence[ArchGraph], meta: np.ndarray | None = None) -> np.ndarray:
     """pred[D, G], the members' mean output: for `fit_cold_start`, per-task normal scores
-    ``[T, G]`` (higher = better); for `fit_supervised`, estimates of ``targets.T``."""
+    ``[T, G]`` (higher = better); for `fit_supervised`, estimates of ``targets.T``. Op names
+    outside ``model.vocab`` are read as `graphs.UNKNOWN_OP`."""
     if model.num_outputs == 0:
         raise ValueError("model: has no supervised head (pretrained only); use embed, or fit_supervised first")
     return _forward_all(model, graphs, meta)[0].T

@@ -1,23 +1,33 @@
 """Neural architectures as layer-level dataflow graphs, batched for graph networks.
 
 An `ArchGraph` has one node per layer-level operation (op types from the shared
-vocabulary `OPS`, numeric attributes from `ATTRS`) and one directed edge per
-dataflow dependency. Graphs come from:
+vocabulary `OPS` or the graph's own ``extra_ops``, numeric attributes from `ATTRS`) and one
+directed edge per dataflow dependency. Graphs come from:
 
 * `from_flax` / `from_function`: traces a Flax module (or any ``fn(params, x)``)
   to a jaxpr and collapses its primitives to layers (`LayerGraphBuilder`);
 * `load_jsonl` / `save_jsonl`: one architecture per line,
   ``{"model": str, "nodes": [{"op": str, "attrs": {str: number}}], "edges": [[src, dst], ...]}``;
+  op names are read by `canonical_op` (built-in names, known aliases, kernel sizes in names
+  such as ``sep_conv_5x5``), and every other name stays its own op type;
 * `from_nas_bench_graph` / `from_nas_bench_graph_table`: the NAS-Bench-Graph space;
 * `fennec_jax.archs.onnx_import.from_onnx` (optional ``onnx`` dependency).
 
+Op vocabularies. Op ids below ``len(OPS)`` name the built-in op types in every graph; a
+graph's ids ``len(OPS) + j`` name its ``extra_ops[j]`` (a user's own op names). Whatever is
+fitted on graphs (features, archi2vec) works in an `OpVocabulary`: `OPS`, then the extra op
+names seen in the training graphs, sorted; an op name it has not seen maps to `UNKNOWN_OP`.
+The built-in vocabulary (`BUILTIN_VOCABULARY`, no extra names) is `OPS` itself, so graphs of
+built-in ops featurise exactly as they did before vocabularies.
+
 `to_graphs_tuple` turns a list of graphs into one padded ``jraph.GraphsTuple`` whose
 sizes come from a few fixed buckets, so a jitted graph network compiles a handful
-of shapes. Node features, ``nodes[N, NODE_FEATURE_DIM]``::
+of shapes. Node features, ``nodes[N, V + 2 * len(ATTRS)]`` for a vocabulary of V op types
+(``V + 2 * len(ATTRS) = NODE_FEATURE_DIM`` for the built-in one)::
 
-    [0, len(OPS))                          one-hot op type
-    [len(OPS), len(OPS) + len(ATTRS))      log1p(attribute value), 0 where missing
-    [len(OPS) + len(ATTRS), NODE_FEATURE_DIM)  1.0 where the attribute is present
+    [0, V)                          one-hot op type (its id in the vocabulary)
+    [V, V + len(ATTRS))             log1p(attribute value), 0 where missing
+    [V + len(ATTRS), V + 2 len(ATTRS))  1.0 where the attribute is present
 
 Edge features, ``edges[E, EDGE_FEATURE_DIM]``: ``[1, 0]`` for a dataflow edge
 (source -> consumer), ``[0, 1]`` for its added reverse copy (``reverse_edges=True``).
@@ -29,8 +39,10 @@ import collections
 import dataclasses
 import json
 import logging
+import functools
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -45,6 +57,11 @@ from fennec_jax.archs._jraph import jraph
 __all__ = [
     "align_graphs",
     "OPS",
+    "UNKNOWN_OP",
+    "OpVocabulary",
+    "BUILTIN_VOCABULARY",
+    "resolve_vocabulary",
+    "canonical_op",
     "ATTRS",
     "NODE_FEATURE_DIM",
     "EDGE_FEATURE_DIM",
@@ -120,11 +137,15 @@ ATTRS = (
     "features",
     "params",
 )
+# The op type of a node whose op a vocabulary does not know (an op name unseen at fit time);
+# also what the tracers call an op they cannot name.
+UNKNOWN_OP = "other"
 NODE_FEATURE_DIM = len(OPS) + 2 * len(ATTRS)
 EDGE_FEATURE_DIM = 2
 DEFAULT_BUCKET_SIZES = tuple(2**k for k in range(4, 25))
 
 _OP_INDEX = {op: i for i, op in enumerate(OPS)}
+_UNKNOWN_ID = _OP_INDEX[UNKNOWN_OP]
 _ATTR_INDEX = {attr: i for i, attr in enumerate(ATTRS)}
 _NAS_BENCH_GRAPH_OPS = np.array([_OP_INDEX[op] for op in ("input", *nbg.OP_NAMES, "output")], np.int32)
 
@@ -135,10 +156,12 @@ class ArchGraph:
 
     Attributes:
       name: the model's name.
-      ops: [N] int32 op ids indexing `OPS`.
+      ops: [N] int32 op ids: ``i < len(OPS)`` is ``OPS[i]``, ``len(OPS) + j`` is ``extra_ops[j]``.
       attrs: [N, len(ATTRS)] float32 attribute values, 0 where missing.
       attr_mask: [N, len(ATTRS)] bool, True where the attribute is present.
       edges: [E, 2] int32 (source, target) node indices, 0-based.
+      extra_ops: distinct op names outside `OPS` (a user's own op types; empty for graphs
+        of built-in ops).
     """
 
     name: str
@@ -146,15 +169,18 @@ class ArchGraph:
     attrs: np.ndarray
     attr_mask: np.ndarray
     edges: np.ndarray
+    extra_ops: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: expected a non-empty string, got {self.name!r}")
+        extra = _extra_names(self.extra_ops, "extra_ops")
         ops = _int_array(self.ops, "ops")
         if ops.ndim != 1 or len(ops) == 0:
             raise ValueError(f"ops: expected a non-empty 1-D array of op ids, got shape {ops.shape}")
-        if ((ops < 0) | (ops >= len(OPS))).any():
-            raise ValueError(f"ops: op ids must lie in [0, {len(OPS)}), got {ops[(ops < 0) | (ops >= len(OPS))][:5]}")
+        num_ops = len(OPS) + len(extra)
+        if ((ops < 0) | (ops >= num_ops)).any():
+            raise ValueError(f"ops: op ids must lie in [0, {num_ops}), got {ops[(ops < 0) | (ops >= num_ops)][:5]}")
         n = len(ops)
         attrs = np.asarray(self.attrs, np.float32)
         mask = np.asarray(self.attr_mask)
@@ -182,6 +208,7 @@ class ArchGraph:
             array = np.array(array)  # A private copy, so no caller can change it.
             array.setflags(write=False)
             object.__setattr__(self, field, array)
+        object.__setattr__(self, "extra_ops", extra)
 
     @classmethod
     def from_ops(
@@ -190,15 +217,20 @@ class ArchGraph:
         ops: Sequence[str],
         edges: Sequence[Sequence[int]] | np.ndarray,
         attrs: Sequence[Mapping[str, float]] | None = None,
+        *,
+        extra_ops: Sequence[str] = (),
     ) -> ArchGraph:
-        """Builds a graph from op names (`OPS`), edges [E, 2] and per-node ``{attr: value}`` dicts."""
-        unknown = sorted({op for op in ops if op not in _OP_INDEX})
+        """Builds a graph from op names (`OPS` or ``extra_ops``, a graph's own op types), edges
+        [E, 2] and per-node ``{attr: value}`` dicts."""
+        extra = _extra_names(extra_ops, "extra_ops")
+        index = {**_OP_INDEX, **{op: len(OPS) + j for j, op in enumerate(extra)}} if extra else _OP_INDEX
+        unknown = sorted({op for op in ops if op not in index})
         if unknown:
-            raise ValueError(f"ops: unknown op types {unknown}; expected names from OPS")
+            raise ValueError(f"ops: unknown op types {unknown}; expected names from OPS or extra_ops")
         if attrs is not None and len(attrs) != len(ops):
             raise ValueError(f"attrs: expected one dict per node ({len(ops)}), got {len(attrs)}")
         values, mask = _attr_arrays(attrs if attrs is not None else [{}] * len(ops))
-        return cls(name, np.array([_OP_INDEX[op] for op in ops], np.int32), values, mask, np.asarray(edges))
+        return cls(name, np.array([index[op] for op in ops], np.int32), values, mask, np.asarray(edges), extra)
 
     @property
     def num_nodes(self) -> int:
@@ -211,7 +243,8 @@ class ArchGraph:
     @property
     def op_names(self) -> tuple[str, ...]:
         """[N] op type names."""
-        return tuple(OPS[i] for i in self.ops)
+        names = OPS + self.extra_ops
+        return tuple(names[i] for i in self.ops)
 
     def node_attrs(self, node: int) -> dict[str, float]:
         """``{attr: value}`` of the attributes present on one node."""
@@ -220,6 +253,19 @@ class ArchGraph:
     def op_counts(self) -> collections.Counter:
         """Counter of op type names."""
         return collections.Counter(self.op_names)
+
+
+def _extra_names(names: Sequence[str], arg: str) -> tuple[str, ...]:
+    """names as a tuple of distinct non-empty strings outside `OPS`; ValueError naming ``arg``."""
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{arg}: expected a sequence of non-empty op names, got {names!r}")
+    names = tuple(names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{arg}: op names must be distinct, got {names!r}")
+    builtin = [n for n in names if n in _OP_INDEX]
+    if builtin:
+        raise ValueError(f"{arg}: {builtin} are built-in op types (OPS); only names outside OPS belong here")
+    return names
 
 
 def _int_array(value, arg: str) -> np.ndarray:
@@ -240,6 +286,166 @@ def _attr_arrays(attrs: Sequence[Mapping[str, float]]) -> tuple[np.ndarray, np.n
             values[node, _ATTR_INDEX[attr]] = value
             mask[node, _ATTR_INDEX[attr]] = True
     return values, mask
+
+
+# ----------------------------------------------------------------------------- op vocabularies
+
+
+@dataclasses.dataclass(frozen=True)
+class OpVocabulary:
+    """The op types a fitted model (or a feature matrix) knows, and their ids.
+
+    ``names`` is `OPS` (ids ``0 .. len(OPS) - 1``, the same in every vocabulary) followed by
+    ``extra``: op names outside `OPS` (`from_graphs`: those the graphs use, sorted, so the
+    order does not depend on the order of the graphs). `ids` gives every node its id here; a
+    name the vocabulary lacks (an op unseen at fit time) gets the id of `UNKNOWN_OP`. Save a
+    vocabulary as ``names`` and restore it with `from_names`.
+
+    Attributes:
+      extra: distinct op names outside `OPS`.
+    """
+
+    extra: tuple[str, ...] = ()
+    _index: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        extra = _extra_names(self.extra, "extra")
+        object.__setattr__(self, "extra", extra)
+        object.__setattr__(self, "_index", {op: len(OPS) + j for j, op in enumerate(extra)})
+
+    @classmethod
+    def from_graphs(cls, graphs: Iterable[ArchGraph]) -> OpVocabulary:
+        """The vocabulary of the op names ``graphs`` use: `OPS`, then their other names sorted."""
+        used: dict[tuple[str, ...], set[int]] = {}
+        for graph in graphs:
+            if graph.extra_ops:
+                used.setdefault(graph.extra_ops, set()).update(np.unique(graph.ops[graph.ops >= len(OPS)]).tolist())
+        return cls(tuple(sorted({extra[i - len(OPS)] for extra, ids in used.items() for i in ids})))
+
+    @classmethod
+    def from_names(cls, names: Sequence[str]) -> OpVocabulary:
+        """The vocabulary whose ``names`` are ``names`` (as saved with a fitted state).
+
+        Raises:
+          ValueError: ``names`` does not start with this version's `OPS`.
+        """
+        names = tuple(names)
+        if names[: len(OPS)] != OPS:
+            raise ValueError(f"names: an op vocabulary starts with the built-in OPS {OPS}, got {names[:len(OPS)]}")
+        return cls(names[len(OPS) :])
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """[V] op names by id."""
+        return OPS + self.extra
+
+    def __len__(self) -> int:
+        return len(OPS) + len(self.extra)
+
+    def ids(self, graphs: Iterable[ArchGraph]) -> np.ndarray:
+        """int32[N]: the id here of every node of ``graphs`` (concatenated in order); an op
+        name this vocabulary lacks gets the id of `UNKNOWN_OP`."""
+        tables: dict[tuple[str, ...], np.ndarray] = {}
+        parts = []
+        for graph in graphs:
+            if not graph.extra_ops:
+                parts.append(graph.ops)
+                continue
+            table = tables.get(graph.extra_ops)
+            if table is None:
+                extra_ids = [self._index.get(op, _UNKNOWN_ID) for op in graph.extra_ops]
+                table = tables[graph.extra_ops] = np.array([*range(len(OPS)), *extra_ids], np.int32)
+            parts.append(table[graph.ops])
+        return np.concatenate(parts).astype(np.int32, copy=False)
+
+    def unseen(self, graphs: Iterable[ArchGraph]) -> list[str]:
+        """Sorted op names that ``graphs`` use and this vocabulary lacks (`ids` maps them to `UNKNOWN_OP`)."""
+        return sorted(set(OpVocabulary.from_graphs(graphs).extra) - set(self.extra))
+
+
+BUILTIN_VOCABULARY = OpVocabulary()
+
+
+def resolve_vocabulary(graphs: Sequence[ArchGraph], vocab: OpVocabulary | None) -> OpVocabulary:
+    """``vocab`` (checked), or when None the vocabulary of ``graphs`` (`OpVocabulary.from_graphs`)."""
+    if vocab is None:
+        return OpVocabulary.from_graphs(graphs)
+    if not isinstance(vocab, OpVocabulary):
+        raise ValueError(f"vocab: expected an OpVocabulary, got {type(vocab).__name__}")
+    return vocab
+
+
+# Aliases of op types in other code bases' names (after `_normalized`): to built-in ops, or to
+# "zero" (the DARTS / NAS-Bench-201 zero op, no built-in equivalent).
+_OP_ALIASES = {
+    "identity": "skip",
+    "skip_connect": "skip",
+    "skip_connection": "skip",
+    "none": "zero",
+    "zero": "zero",
+    "batchnorm": "batch_norm",
+    "bn": "batch_norm",
+    "layernorm": "layer_norm",
+    "maxpool": "max_pool",
+    "avgpool": "avg_pool",
+    "global_avg_pool": "global_pool",
+    "global_max_pool": "global_pool",
+    "concatenate": "concat",
+    "self_attention": "attention",
+    "multi_head_attention": "attention",
+}
+# A square kernel in the name: conv3x3, conv_3x3, nor_conv_3x3 (NAS-Bench-201), sep_conv_5x5 and
+# dil_conv_3x3 (DARTS), max_pool_3x3, avgpool3x3, ...
+_KERNEL_NAME = re.compile(r"(?P<kind>nor_?conv|sep_?conv|dil_?conv|dw_?conv|depthwise_?conv|conv|avg_?pool|max_?pool)"
+                          r"_?(?P<k>[1-9][0-9]*)x(?P<k2>[1-9][0-9]*)")
+# Kind (underscores removed) -> (op, attributes besides the kernel). DARTS' dil_conv is a
+# depthwise-separable conv with dilation 2 (its only definition in use); sep_conv (DARTS) and
+# dw_conv are depthwise-separable convs of dilation 1.
+_KERNEL_KINDS = {
+    "conv": ("conv", {}),
+    "norconv": ("conv", {}),
+    "sepconv": ("depthwise_conv", {}),
+    "dwconv": ("depthwise_conv", {}),
+    "depthwiseconv": ("depthwise_conv", {}),
+    "dilconv": ("depthwise_conv", {"dilation": 2.0}),
+    "avgpool": ("avg_pool", {}),
+    "maxpool": ("max_pool", {}),
+}
+
+
+def _normalized(name: str) -> str:
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def canonical_op(name: str) -> tuple[str, dict[str, float]]:
+    """(op type, attributes) that an op name in a user's file stands for.
+
+    A name of `OPS` is itself. Otherwise, compared lower-case with ``-`` and spaces read as
+    ``_``: a built-in name (``Conv``), a known alias (``identity`` / ``skip_connect`` -> ``skip``,
+    NAS-Bench-Graph's identity; ``none`` / ``zero`` -> ``zero``; ``relu6`` -> ``relu``, ...), or
+    a square kernel (``conv3x3`` / ``conv_3x3`` / ``nor_conv_3x3`` -> ``conv`` with
+    ``kernel_size`` 3; ``sep_conv_5x5`` -> ``depthwise_conv`` 5; ``dil_conv_3x3`` ->
+    ``depthwise_conv`` 3 with ``dilation`` 2; ``avg_pool_3x3``, ``max_pool_3x3``). Any other
+    name, including composites such as ``conv3x3-bn-relu`` or ``conv_7x1_1x7``, is its own op
+    type, kept as written.
+    """
+    op, attrs = _canonical(name)
+    return op, dict(attrs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(name: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+    if name in _OP_INDEX:
+        return name, ()
+    key = _normalized(name)
+    alias = key if key in _OP_INDEX else _OP_ALIASES.get(key) or _NAMED_ACTIVATIONS.get(key)
+    if alias is not None:
+        return alias, ()
+    match = _KERNEL_NAME.fullmatch(key)
+    if match is not None and match["k"] == match["k2"]:
+        op, attrs = _KERNEL_KINDS[match["kind"].replace("_", "")]
+        return op, (("kernel_size", float(match["k"])), *attrs.items())
+    return name, ()
 
 
 # ----------------------------------------------------------------------------- batching
@@ -265,6 +471,7 @@ class BatchInfo:
 def to_graphs_tuple(
     graphs: Sequence[ArchGraph],
     *,
+    vocab: OpVocabulary | None = None,
     bucket_sizes: Sequence[int] = DEFAULT_BUCKET_SIZES,
     reverse_edges: bool = True,
 ) -> tuple[Any, BatchInfo]:
@@ -276,12 +483,14 @@ def to_graphs_tuple(
 
     Args:
       graphs: G >= 1 graphs.
+      vocab: the op vocabulary of the one-hot op features (a fitted model's); default the
+        graphs' own (`OpVocabulary.from_graphs`: `OPS` for graphs of built-in ops).
       bucket_sizes: increasing positive sizes to round node, edge and graph counts up to.
       reverse_edges: also add each edge reversed (edge feature ``[0, 1]``), so message
         passing sees both directions.
 
     Returns:
-      (graphs_tuple, info): nodes float32[N_pad, NODE_FEATURE_DIM], edges
+      (graphs_tuple, info): nodes float32[N_pad, len(vocab) + 2 * len(ATTRS)], edges
       float32[E_pad, EDGE_FEATURE_DIM], senders / receivers int32[E_pad], n_node /
       n_edge int32[G_pad], globals None; `BatchInfo` masks of the real parts.
     """
@@ -293,13 +502,14 @@ def to_graphs_tuple(
     if buckets[0] < 1 or (np.diff(buckets) <= 0).any():
         raise ValueError(f"bucket_sizes: expected strictly increasing positive sizes, got {buckets.tolist()}")
 
+    vocab = resolve_vocabulary(graphs, vocab)
     directions = 2 if reverse_edges else 1
     n_node = np.array([g.num_nodes for g in graphs], np.int32)
     n_edge = np.array([g.num_edges for g in graphs], np.int32) * directions
-    op_ids = np.concatenate([g.ops for g in graphs])
+    op_ids = vocab.ids(graphs)
     attrs = np.concatenate([g.attrs for g in graphs])
     mask = np.concatenate([g.attr_mask for g in graphs])
-    nodes = np.concatenate([np.eye(len(OPS), dtype=np.float32)[op_ids], np.log1p(attrs), mask.astype(np.float32)], 1)
+    nodes = np.concatenate([np.eye(len(vocab), dtype=np.float32)[op_ids], np.log1p(attrs), mask.astype(np.float32)], 1)
     # Edges stay grouped by graph (jraph needs that): each graph's forward edges, then their reverses.
     pairs, kinds = [], []
     for graph, offset in zip(graphs, np.cumsum(n_node) - n_node):
@@ -343,23 +553,30 @@ def _bucket(needed: int, buckets: np.ndarray, what: str) -> int:
 def load_jsonl(path: str | os.PathLike) -> list[ArchGraph]:
     """Reads one architecture per non-blank line (format in the module docstring).
 
-    Unknown op types become ``"other"`` and unknown attribute names are dropped; both
-    are counted and logged as one warning per file.
+    Each op name goes through `canonical_op`: built-in names and known aliases become the
+    built-in op, with the attributes the name gives (``sep_conv_5x5``: ``kernel_size`` 5)
+    where the node does not give them itself; every other name stays its own op type (in
+    the graph's ``extra_ops``, sorted), so a file in its own op names keeps them apart. The
+    names kept are logged once per file. Unknown attribute names are dropped, counted and
+    logged as one warning per file.
 
     Raises:
       ValueError: ``"<path>:<line>: ..."`` for bad JSON, a missing key, an edge index
         out of range or a non-numeric attribute.
     """
-    graphs, unknown = [], collections.Counter()
+    graphs, dropped, extras = [], collections.Counter(), {}
     with open(path, encoding="utf-8") as stream:
         for lineno, line in enumerate(stream, 1):
             if line.strip():
                 try:
-                    graphs.append(_graph_from_record(json.loads(line), unknown))
+                    graphs.append(_graph_from_record(json.loads(line), dropped, extras))
                 except (ValueError, TypeError, KeyError) as exc:
                     raise ValueError(f"{path}:{lineno}: {_describe(exc)}") from exc
-    if unknown:
-        _log.warning("%s: mapped unknown names (op -> 'other', attribute dropped): %s", path, dict(unknown))
+    if dropped:
+        _log.warning("%s: dropped unknown attribute names: %s", path, dict(dropped))
+    kept = sorted(set().union(*extras))
+    if kept:
+        _log.info("%s: %d op names outside the built-in ops kept as their own op types: %s", path, len(kept), kept)
     return graphs
 
 
@@ -371,7 +588,9 @@ def _describe(exc: Exception) -> str:
     return str(exc)
 
 
-def _graph_from_record(record: Any, unknown: collections.Counter) -> ArchGraph:
+def _graph_from_record(record: Any, dropped: collections.Counter, extras: dict) -> ArchGraph:
+    """One line's graph; counts dropped attribute names, and shares equal ``extra_ops`` tuples
+    through ``extras`` (so `OpVocabulary.ids` maps them once per file)."""
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     name, nodes, edges = record["model"], record["nodes"], record["edges"]
@@ -380,11 +599,9 @@ def _graph_from_record(record: Any, unknown: collections.Counter) -> ArchGraph:
     ops, attrs = [], []
     for i, node in enumerate(nodes):
         op = node["op"]
-        if not isinstance(op, str):
-            raise ValueError(f"node {i}: 'op' must be a string, got {op!r}")
-        if op not in _OP_INDEX:
-            unknown[f"op:{op}"] += 1
-            op = "other"
+        if not isinstance(op, str) or not op:
+            raise ValueError(f"node {i}: 'op' must be a non-empty string, got {op!r}")
+        op, named_attrs = canonical_op(op)
         node_attrs = node.get("attrs", {})
         if not isinstance(node_attrs, dict):
             raise ValueError(f"node {i}: 'attrs' must be an object, got {node_attrs!r}")
@@ -394,14 +611,16 @@ def _graph_from_record(record: Any, unknown: collections.Counter) -> ArchGraph:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"node {i}: attribute {attr!r} must be finite and >= 0, got {value!r}")
         known = {attr: value for attr, value in node_attrs.items() if attr in _ATTR_INDEX}
-        unknown.update(f"attr:{attr}" for attr in node_attrs.keys() - known.keys())
+        dropped.update(f"attr:{attr}" for attr in node_attrs.keys() - known.keys())
         ops.append(op)
-        attrs.append(known)
+        attrs.append({**named_attrs, **known})
     if not isinstance(edges, list) or not all(
         isinstance(e, list) and len(e) == 2 and all(type(i) is int for i in e) for e in edges
     ):
         raise ValueError("'edges': expected a list of [src, dst] integer pairs")
-    return ArchGraph.from_ops(name, ops, np.array(edges, np.int64).reshape(-1, 2), attrs)
+    extra = tuple(sorted({op for op in ops if op not in _OP_INDEX}))
+    extra = extras.setdefault(extra, extra)
+    return ArchGraph.from_ops(name, ops, np.array(edges, np.int64).reshape(-1, 2), attrs, extra_ops=extra)
 
 
 def save_jsonl(graphs: Iterable[ArchGraph], path: str | os.PathLike) -> None:
@@ -463,7 +682,7 @@ def _validated_graph(name: str, ops: np.ndarray, template: ArchGraph) -> ArchGra
     graph = object.__new__(ArchGraph)
     object.__setattr__(graph, "name", name)
     object.__setattr__(graph, "ops", ops)
-    for field in ("attrs", "attr_mask", "edges"):
+    for field in ("attrs", "attr_mask", "edges", "extra_ops"):
         object.__setattr__(graph, field, getattr(template, field))
     return graph
 

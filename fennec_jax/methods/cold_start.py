@@ -8,6 +8,12 @@ gets the mean prediction over the history's tasks. Targets are the per-task norm
 the observed models' ranks (`fennec_jax.core.records.normal_scores`), so every task weighs the
 same; predictions are in those units (only their order matters).
 
+Op names: each fit works in the op vocabulary of the graphs it trains on
+(`fennec_jax.archs.graphs.OpVocabulary`: `OPS`, then a user's own op names; an encoder
+pretrained elsewhere brings its own), so a user's op names stay distinct; an op name only the
+models without records use is read as `graphs.UNKNOWN_OP` (logged). The state keeps the
+vocabulary's names (``"ops"``) next to the predictions, and saves with them.
+
 * ``graph_regression``: hand-made graph features (``features``: ``opcount``, ``wl``, ``both``;
   `fennec_jax.archs.graph_features`) -> scores by ridge (penalty per task by leave-one-out)
   or random forests (``regressor``).
@@ -22,13 +28,15 @@ without records by their graphs too.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from fennec_jax.archs import archi2vec as a2v
 from fennec_jax.archs.graph_features import FEATURES, check_cold_start_inputs
-from fennec_jax.archs.graphs import ArchGraph
+from fennec_jax.archs.graphs import UNKNOWN_OP, ArchGraph, OpVocabulary
 from fennec_jax.core.records import Records, normal_scores
 from fennec_jax.core.registry import typed_config
 from fennec_jax.core.ridge import fit_ridge
@@ -36,6 +44,8 @@ from fennec_jax.methods.base import CompletionMethod, register
 from fennec_jax.methods.fennec import Fennec
 
 __all__ = ["GraphRegression", "Archi2VecMethod", "GraphFeatures", "fennec_arch", "model_graphs"]
+
+_log = logging.getLogger(__name__)
 
 
 def model_graphs(history: Records) -> list[ArchGraph]:
@@ -48,9 +58,12 @@ def model_graphs(history: Records) -> list[ArchGraph]:
 
 
 class _GraphPredictor(CompletionMethod):
-    """Shared by the graph methods: fit on the models with records, predict all of them."""
+    """Shared by the graph methods: fit on the models with records, predict all of them.
 
-    def _train(self, graphs, scores, mask, seed):  # -> state for _predict
+    State: ``{"pred": scores[T, M], "tasks": names[T], "ops": the fit's op vocabulary names[V]}``.
+    """
+
+    def _train(self, graphs, scores, mask, seed):  # -> a fitted predictor with a .vocab, for _predict
         raise NotImplementedError
 
     def _predict(self, state, graphs) -> np.ndarray:  # -> pred[T, G]
@@ -62,7 +75,11 @@ class _GraphPredictor(CompletionMethod):
         scores, mask = check_cold_start_inputs([graphs[i] for i in seen], history.scores[:, seen],
                                                history.mask[:, seen])
         state = self._train([graphs[i] for i in seen], scores, mask, seed)
-        return {"pred": np.asarray(self._predict(state, graphs), np.float64), "tasks": np.asarray(history.tasks)}
+        unseen = state.vocab.unseen(graphs)
+        if unseen:
+            _log.warning("%s: op names no model with records uses, read as %r: %s", self.name, UNKNOWN_OP, unseen)
+        return {"pred": np.asarray(self._predict(state, graphs), np.float64), "tasks": np.asarray(history.tasks),
+                "ops": np.asarray(state.vocab.names)}
 
 
 def _fit_forests(x: np.ndarray, y: np.ndarray, mask: np.ndarray, seed: int, trees: int) -> list:
@@ -102,16 +119,25 @@ class GraphRegression(_GraphPredictor):
             raise ValueError(f"regressor: expected 'ridge' or 'forest', got {self.regressor!r}")
 
     def _train(self, graphs, scores, mask, seed):
-        x, z = FEATURES[self.features](graphs), normal_scores(scores, mask).T
+        vocab = OpVocabulary.from_graphs(graphs)
+        x, z = FEATURES[self.features](graphs, vocab=vocab), normal_scores(scores, mask).T
         if self.regressor == "ridge":
-            return fit_ridge(x, z, mask.T)
-        return _fit_forests(x, z, mask.T, seed, self.trees)
+            return _Fitted(vocab, fit_ridge(x, z, mask.T))
+        return _Fitted(vocab, _fit_forests(x, z, mask.T, seed, self.trees))
 
     def _predict(self, state, graphs) -> np.ndarray:
-        x = FEATURES[self.features](graphs)
+        x = FEATURES[self.features](graphs, vocab=state.vocab)
         if self.regressor == "ridge":
-            return state.apply(x).T
-        return np.stack([forest.predict(x) for forest in state])
+            return state.regressor.apply(x).T
+        return np.stack([forest.predict(x) for forest in state.regressor])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fitted:
+    """A fitted `GraphRegression`: its features' op vocabulary and its ridge map or forests[T]."""
+
+    vocab: OpVocabulary
+    regressor: Any
 
 
 @dataclasses.dataclass(frozen=True)
