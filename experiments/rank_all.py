@@ -1,10 +1,14 @@
 """Ranks every model for every target task of the chosen data with one method.
 
-  ./run.sh rank_all                                  # all bundled benchmarks, method fennec
+  ./run.sh rank_all                                  # all bundled benchmarks, method auto
   ./run.sh rank_all --benchmarks=parc_all,spider_multi --top_k=10 --out=runs/rank_all
   ./run.sh rank_all --records=my_records.csv --model_meta=models.csv --method=knn_task
   ./run.sh rank_all --records=errors.csv --lower_is_better=UTKFace,dSprites
   ./run.sh rank_all --method=fennec --method_config=preset=nmf
+
+The default method, auto, picks per number of probes among popularity, knn_task, fennec (its
+validated grid), fennec:preset=mf, size and source_score by validation inside each benchmark's
+own history (held-out history tasks scored as a new task is), and prints what it chose.
 
 Writes OUT/rankings.csv (benchmark,task,rank,model,predicted_score,observed,measured_score),
 OUT/summary.json, the fitted method state under OUT/checkpoints/, and prints per benchmark:
@@ -35,7 +39,7 @@ _RECORDS = flags.DEFINE_string("records", None, "Rank a user's records table ins
                                "CSV or Parquet.")
 _MODEL_META = flags.DEFINE_string("model_meta", None, "Model metadata for --records.")
 _TASK_META = flags.DEFINE_string("task_meta", None, "Task metadata for --records.")
-_METHOD = flags.DEFINE_string("method", "fennec", "Ranking method, NAME or NAME:key=value+...; registered: "
+_METHOD = flags.DEFINE_string("method", "auto", "Ranking method, NAME or NAME:key=value+...; registered: "
                               f"{', '.join(method_names())}.")
 _METHOD_CONFIG = flags.DEFINE_string("method_config", None, "key=value,... configuration of --method.")
 _LOWER_IS_BETTER = flags.DEFINE_list("lower_is_better", [], "Tasks where a lower score is better (e.g. an error): "
@@ -59,6 +63,9 @@ def _print_table(summary: dict, job: RankJob) -> None:
                  else f"{'n/a':>8}{'n/a':>9}")
         note = f"  ({loto['note']})" if loto["note"] else ""
         print(f"{name:<26}{entry['models']:>8}{entry['tasks']:>7}{check}{note}")
+    for name, entry in summary["benchmarks"].items():
+        if entry.get("choice"):
+            print(f"\n{name}: {entry['choice']}")
 
 
 def main():

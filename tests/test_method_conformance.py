@@ -27,6 +27,7 @@ SMALL = {
     "archi2vec": {"epochs": "2", "ensemble": "1", "hidden": "16", "embed_dim": "8", "batch_size": "8"},
     "graph_regression": {},
     "pactran_gauss": {},
+    "auto": {"candidates": "popularity/knn_task/fennec:preset=mf&steps=40"},
 }
 
 

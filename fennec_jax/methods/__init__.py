@@ -2,7 +2,8 @@
 
 ``baselines`` (random, popularity, knn_task, family_popularity), ``fennec`` (the transfer
 space), ``spider`` (Model Spider), ``estimator_methods`` (LogME, LEEP, ... as methods),
-``cold_start`` (models placed by their architecture graphs). Look methods up with
+``cold_start`` (models placed by their architecture graphs), ``auto`` (the method chosen by
+validation inside the history). Look methods up with
 :func:`get_method` / :func:`method_names`; modules load on first look-up.
 """
 

@@ -141,7 +141,7 @@ def _format(method) -> str:
 
 def _load_builtin_methods() -> None:
     # Importing the modules runs their registrations.
-    from fennec_jax.methods import baselines, cold_start, estimator_methods, fennec, spider  # noqa: F401
+    from fennec_jax.methods import auto, baselines, cold_start, estimator_methods, fennec, spider  # noqa: F401
 
 
 METHODS: Registry[RankingMethod] = Registry("method", _load_builtin_methods)

@@ -125,6 +125,8 @@ def _rank_benchmark(bench: Benchmark, method: RankingMethod, job: RankJob, out: 
         "shards": len(shards),
         "checkpoint": ckpt_dir if os.path.exists(ckpt_dir) else None,
         "dropped": dict(bench.records.dropped),
+        # What a method that chooses (auto) chose on all records, and why.
+        "choice": method.report(state) if hasattr(method, "report") else None,
     }
 
 
