@@ -275,6 +275,33 @@ def test_rank_command_writes_the_ranking_and_reports(cli_zoo):
     assert "top 10" in result.stdout and result.stdout.count("model") >= 10
 
 
+@pytest.mark.parametrize("case, expected", [
+    ("missing_task_data", "no subfolder or .npz for task(s) task7"),
+    ("out_exists", "already exists (choose another folder or pass --overwrite)"),
+    ("bad_method", "--method: "),
+    ("missing_records", "nothing.csv: no such file"),
+])
+def test_fit_zoo_bad_input_is_one_line(cli_zoo, tmp_path, case, expected):
+    args = {"--records": f"--records={cli_zoo}/records.csv", "--out": f"--out={tmp_path}/zoo"}
+    if case == "missing_task_data":
+        os.makedirs(tmp_path / "partial")
+        for name in os.listdir(cli_zoo / "task_data"):
+            if name != "task7.npz":
+                os.link(cli_zoo / "task_data" / name, tmp_path / "partial" / name)
+        args["--task_data"] = f"--task_data={tmp_path}/partial"
+    elif case == "out_exists":
+        args["--out"] = f"--out={cli_zoo}/zoo"
+    elif case == "bad_method":
+        args["--method"] = "--method=fennec:preset=nope"
+    else:
+        args["--records"] = f"--records={tmp_path}/nothing.csv"
+    result = _run("experiments.fit_zoo", *args.values())
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last.startswith("error:") and expected in last and "Traceback" not in result.stderr
+    if case != "out_exists":
+        assert not (tmp_path / "zoo").exists()
+
+
 def test_suggest_command(cli_zoo):
     result = _run("experiments.suggest", f"--zoo={cli_zoo}/zoo", f"--task={cli_zoo}/task8.npz", "--budget=2",
                   "--probes=model2=0.95")
