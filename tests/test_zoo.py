@@ -131,6 +131,13 @@ def test_conformal_quantile_and_probe_scale():
     assert np.allclose(pred, truth, atol=0.5) and np.all(high - low > 0)
     prior_pred, _, _ = cal.predict(z)
     assert np.allclose(prior_pred, z - z.mean())
+    # With probes, the errors of probed held-out tasks set the interval (prior std 1 here).
+    cal = Calibration(1.0, None, (0.0, 1.0), np.arange(1.0, 11.0), probe_errors=np.arange(0.1, 1.05, 0.1))
+    _, low, high = cal.predict(z)
+    assert np.allclose(high - low, 2 * 9.0)
+    _, std = cal.estimate(z, probe_models=[0, 11], probe_scores=[-2.0, 2.0])
+    _, low, high = cal.predict(z, probe_models=[0, 11], probe_scores=[-2.0, 2.0])
+    assert np.allclose(high - low, 2 * 0.9 * std)
 
 
 def test_calibration_slope_and_errors_from_held_out_tasks(world):
@@ -184,6 +191,8 @@ def test_zoo_save_load_round_trip_and_refusals(zoo, world, tmp_path):
     assert loaded.models == zoo.models and loaded.proxy == "mobilenet_v2" and loaded.proxy_width == P
     a, b = zoo.rank(data["task8"], probes={"model0": 0.7}), loaded.rank(data["task8"], probes={"model0": 0.7})
     assert np.array_equal(a.table.predicted, b.table.predicted) and np.array_equal(a.table.high, b.table.high)
+    assert zoo.calibration.probe_errors.size > 0
+    assert np.array_equal(loaded.calibration.probe_errors, zoo.calibration.probe_errors)
     assert sorted(os.listdir(tmp_path)) == ["zoo"]  # no temporary folder left
     with pytest.raises(ZooError, match="already exists"):
         zoo.save(path)

@@ -16,7 +16,8 @@ fitted on the zoo's own history:
    (an interval reaching past every result the zoo has measured says nothing more) where ``q`` is the ``level`` quantile of the held-out
    history cells' normalised errors ``|y - y_hat| / std`` (split conformal over held-out tasks,
    with each held-out task's scale predicted without it). Coverage is therefore measured on
-   held-out history tasks, not assumed; with probes the interval is the k = 0 one (conservative).
+   held-out history tasks, not assumed. A task with probes uses the errors of held-out tasks
+   given a few random probes (their cells left out), so its interval narrows as probes refine it.
 
 Conventions: standard deviations are population ones (divide by n); a task's z-scores are
 over its observed models; ``level`` is two-sided (0.8: 10 % of errors above and 10 % below
@@ -77,6 +78,9 @@ class Calibration:
         (empty: no interval can be given).
       bounds: ``(min, max)`` of the records' measured scores; intervals are clipped to it.
       held_out: the history tasks the errors come from.
+      probe_errors: the same errors when the held-out tasks had a few probes (their scale then
+        refined by the probes, the probes' own cells left out); used for a task with probes
+        (empty: the k = 0 errors serve).
     """
 
     slope: float
@@ -85,16 +89,19 @@ class Calibration:
     errors: np.ndarray
     bounds: tuple[float, float] = (-np.inf, np.inf)
     held_out: tuple[str, ...] = ()
+    probe_errors: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
-    def quantile(self, level: float) -> float:
-        """The ``level`` quantile of the normalised errors (NaN without errors)."""
+    def quantile(self, level: float, probed: bool = False) -> float:
+        """The ``level`` quantile of the normalised errors (of the probed ones when ``probed``
+        and there are any; NaN without errors)."""
         if not 0.0 < level < 1.0:
             raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
-        if self.errors.size == 0:
+        errors = self.probe_errors if probed and self.probe_errors.size else self.errors
+        if errors.size == 0:
             return float("nan")
         # The conformal rank: ceil((R + 1) level), capped at R.
-        rank = min(self.errors.size, int(np.ceil((self.errors.size + 1) * level)))
-        return float(self.errors[rank - 1])
+        rank = min(errors.size, int(np.ceil((errors.size + 1) * level)))
+        return float(errors[rank - 1])
 
     def prior_scale(self, proxy: np.ndarray | None) -> tuple[float, float]:
         """``(mean, std)`` of the new task's scores before any probe."""
@@ -103,10 +110,10 @@ class Calibration:
         mean, log_std = self.scale_map(np.asarray(proxy, np.float64))
         return float(mean), float(np.exp(log_std))
 
-    def predict(self, scores: np.ndarray, *, proxy: np.ndarray | None = None,
-                probe_models: Sequence[int] = (), probe_scores: Sequence[float] = (),
-                level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(y_hat[M], low[M], high[M])`` in the records' units for a method's ``scores[M]``."""
+    def estimate(self, scores: np.ndarray, *, proxy: np.ndarray | None = None,
+                 probe_models: Sequence[int] = (), probe_scores: Sequence[float] = ()) -> tuple[np.ndarray, float]:
+        """``(y_hat[M], std)``: a method's ``scores[M]`` in the records' units, and the task's
+        estimated score spread (steps 1-2 of the module docstring)."""
         scores = np.asarray(scores, np.float64)
         z_hat = self.slope * (scores - scores.mean())
         mean, std = self.prior_scale(proxy)
@@ -115,35 +122,50 @@ class Calibration:
             design = np.stack([np.ones(probe_models.size), z_hat[probe_models]], axis=1)
             mean, std = ridge_solve(design, np.asarray(probe_scores, np.float64), 1.0, prior=np.array([mean, std]))
             std = max(float(std), _MIN_STD_FRACTION * self.prior_scale(proxy)[1])
-        y_hat = mean + std * z_hat
-        half = self.quantile(level) * std
+        return mean + std * z_hat, float(std)
+
+    def predict(self, scores: np.ndarray, *, proxy: np.ndarray | None = None,
+                probe_models: Sequence[int] = (), probe_scores: Sequence[float] = (),
+                level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(y_hat[M], low[M], high[M])`` in the records' units for a method's ``scores[M]``."""
+        y_hat, std = self.estimate(scores, proxy=proxy, probe_models=probe_models, probe_scores=probe_scores)
+        half = self.quantile(level, probed=len(probe_models) > 0) * std
         return y_hat, np.clip(y_hat - half, *self.bounds), np.clip(y_hat + half, *self.bounds)
 
 
 def fit_calibration(records: Records, proxies: np.ndarray | None, held_out: Sequence[int],
-                    predictions: np.ndarray) -> Calibration:
+                    predictions: np.ndarray, probed: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Calibration:
     """The calibration of a zoo from ``predictions[H, M]``: a method's scores for each
     ``held_out`` history task (indices into ``records.tasks``) by a fit without that task, given
-    the evidence a new task has (its proxy, no probes)."""
+    the evidence a new task has (its proxy, no probes); ``probed[h]`` (optional) is
+    ``(probe_models[k], scores[M])``: the same fit's scores given also k probes' true scores."""
     held_out = [int(t) for t in held_out]
     predictions = np.asarray(predictions, np.float64)
     if predictions.shape != (len(held_out), records.num_models):
         raise ValueError(f"predictions: expected shape [{len(held_out)}, {records.num_models}], got {predictions.shape}")
+    if probed and len(probed) != len(held_out):
+        raise ValueError(f"probed: expected one entry per held-out task ({len(held_out)}), got {len(probed)}")
     centred = predictions - predictions.mean(1, keepdims=True)
     z = standardize(records.scores[held_out], records.mask[held_out])
     mask = records.mask[held_out]
     denominator = float((centred[mask] ** 2).sum())
     slope = float((centred[mask] * z[mask]).sum() / denominator) if denominator > 0 else 0.0
-    errors = []
+    errors, probe_errors = [], []
     for row, t in enumerate(held_out):
         rest = [i for i in range(records.num_tasks) if i != t]
         rest_records, proxy = records.select_tasks(rest), None if proxies is None else proxies[t]
         part = Calibration(slope, fit_scale_map(rest_records, None if proxies is None else proxies[rest]),
                            median_scale(rest_records), np.zeros(0))
-        y_hat, _, _ = part.predict(predictions[row], proxy=proxy)
-        std = part.prior_scale(proxy)[1]
+        y_hat, std = part.estimate(predictions[row], proxy=proxy)
         errors.append(np.abs(records.scores[t, mask[row]] - y_hat[mask[row]]) / std)
-    errors = np.sort(np.concatenate(errors)) if errors else np.zeros(0)
+        if probed:
+            probes, scores = probed[row]
+            y_hat, std = part.estimate(scores, proxy=proxy, probe_models=probes, probe_scores=records.scores[t, probes])
+            rest_cells = mask[row].copy()
+            rest_cells[probes] = False
+            probe_errors.append(np.abs(records.scores[t, rest_cells] - y_hat[rest_cells]) / std)
     observed = records.scores[records.mask]
-    return Calibration(slope, fit_scale_map(records, proxies), median_scale(records), errors,
-                       (float(observed.min()), float(observed.max())), tuple(records.tasks[t] for t in held_out))
+    return Calibration(slope, fit_scale_map(records, proxies), median_scale(records),
+                       np.sort(np.concatenate(errors)) if errors else np.zeros(0),
+                       (float(observed.min()), float(observed.max())), tuple(records.tasks[t] for t in held_out),
+                       np.sort(np.concatenate(probe_errors)) if probe_errors else np.zeros(0))

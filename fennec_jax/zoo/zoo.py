@@ -48,6 +48,7 @@ __all__ = ["FORMAT", "PROXIES", "Zoo", "ZooError", "TaskRanking", "fit_zoo", "lo
 FORMAT = "fennec_jax.zoo/1"
 PROXIES = ("mobilenet_v2", "clip:/path/to/checkpoint")
 _MAX_CALIBRATION_TASKS = 20
+_CALIBRATION_PROBES = 3  # probes given to each held-out task for the with-probes intervals
 
 
 class ZooError(ValueError):
@@ -267,12 +268,13 @@ class Zoo:
                 "models": list(self.models), "tasks": list(self.tasks),
                 "calibration": {"slope": cal.slope, "default_scale": list(cal.default_scale), "bounds": list(cal.bounds),
                                 "held_out": list(cal.held_out), "scale_map": cal.scale_map is not None,
-                                "interval_80": cal.quantile(0.8) if cal.errors.size else None}}
+                                "interval_80": cal.quantile(0.8) if cal.errors.size else None,
+                                "interval_80_with_probes": cal.quantile(0.8, probed=True) if cal.errors.size else None}}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         cal = self.calibration
         arrays = {"scores": np.where(self.records.mask, self.records.scores, 0.0), "mask": self.records.mask,
-                  "errors": cal.errors}
+                  "errors": cal.errors, "probe_errors": cal.probe_errors}
         if "proxy" in self.records.task_side:
             arrays["proxies"] = np.asarray(self.records.task_side["proxy"], np.float64)
         if cal.scale_map is not None:
@@ -310,7 +312,7 @@ def load_zoo(path: str) -> Zoo:
     scale_map = (RidgeMap(arrays["scale_weights"], arrays["scale_bias"], arrays["scale_l2"])
                  if cal["scale_map"] else None)
     calibration = Calibration(cal["slope"], scale_map, tuple(cal["default_scale"]), arrays["errors"],
-                              tuple(cal["bounds"]), tuple(cal["held_out"]))
+                              tuple(cal["bounds"]), tuple(cal["held_out"]), arrays["probe_errors"])
     return Zoo(records, meta["method"], method, state, calibration, meta["proxy"], meta["proxy_width"],
                meta["max_examples"])
 
@@ -370,17 +372,24 @@ def fit_zoo(records: Records, *, method: str = "fennec", task_data: Mapping[str,
         width = (task_proxies.shape[1] - 3) // 3
         records = dataclasses.replace(records, task_side={**records.task_side, "proxy": task_proxies})
     held_out = _calibration_tasks(records, calibration_tasks) if records.num_tasks >= 3 else []
-    predictions = []
+    predictions, probed = [], []
     for i, t in enumerate(held_out):
         log(f"calibrating on held-out task {i + 1}/{len(held_out)}: {records.tasks[t]}")
         state = ranker.fit(records.without_task(t), seed=seed)
-        evidence = TaskEvidence(proxy=None if not width else records.task_side["proxy"][t],
-                                metadata=records.task_metadata(t))
+        proxy = None if not width else records.task_side["proxy"][t]
+        evidence = TaskEvidence(proxy=proxy, metadata=records.task_metadata(t))
         predictions.append(np.asarray(ranker.score(state, evidence), np.float64))
+        observed = np.flatnonzero(records.mask[t])
+        k = min(_CALIBRATION_PROBES, observed.size - 2)
+        if k > 0:  # the same task with a few random probes: intervals for tasks with probes
+            probes = np.sort(np.random.default_rng([seed, t]).choice(observed, k, replace=False))
+            evidence = TaskEvidence(probes, records.scores[t, probes], proxy=proxy, metadata=records.task_metadata(t))
+            probed.append((probes, np.asarray(ranker.score(state, evidence), np.float64)))
     log(f"fitting {method} on {records.num_models} models x {records.num_tasks} tasks")
     state = ranker.fit(records, seed=seed)
     calibration = fit_calibration(records, records.task_side.get("proxy"), held_out,
-                                  np.asarray(predictions).reshape(len(held_out), records.num_models))
+                                  np.asarray(predictions).reshape(len(held_out), records.num_models),
+                                  probed if len(probed) == len(held_out) else ())
     return Zoo(records, method, ranker, state, calibration, proxy_id, width, max_examples)
 
 
