@@ -49,7 +49,6 @@ def main():
 
     from fennec_jax.core import atomic_io
     from fennec_jax.core.evidence import TaskEvidence
-    from fennec_jax.encoders import features as features_lib
     from fennec_jax.encoders.proxy import task_embedding
     from fennec_jax.methods.base import get_method
     from fennec_jax.zoo import default
@@ -58,11 +57,8 @@ def main():
     records = default._records()
     data = default.builder_task_data()
     encoder, _ = load_proxy("mobilenet_v2")
-    feats = {}
-    for t in records.tasks:  # every task's proxy features once: the history side of each zoo
-        images = data[t].images
-        batches = (np.stack([encoder.preprocess(im) for im in images[i:i + 32]]) for i in range(0, len(images), 32))
-        feats[t] = features_lib.extract_features(encoder.apply_fn, encoder.params, batches, 32, progress=False).features
+    # Every task's proxy features once: the history side of each zoo.
+    feats = {t: encoder.embed_images(data[t].images) for t in records.tasks}
     embeddings = np.stack([task_embedding(feats[t], data[t].labels) for t in records.tasks])
     class_means = {t: np.stack([feats[t][data[t].labels == c].mean(0) for c in np.unique(data[t].labels)])
                    for t in records.tasks}

@@ -42,6 +42,7 @@ __all__ = [
     "attach_metadata",
     "records_from_matrix",
     "standardize",
+    "observed_moments",
     "normal_scores",
 ]
 
@@ -188,18 +189,25 @@ def normal_scores(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return z
 
 
+def observed_moments(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(count, mean, std)`` of each row of ``scores[..., M]`` over ``mask[..., M]``, each of
+    shape ``[..., 1]``: the number of observed entries, their mean and their population
+    standard deviation (0 for a row with none)."""
+    n = mask.sum(-1, keepdims=True)
+    x = np.where(mask, scores, 0.0)
+    mean = x.sum(-1, keepdims=True) / np.maximum(n, 1)
+    var = (np.where(mask, x - mean, 0.0) ** 2).sum(-1, keepdims=True) / np.maximum(n, 1)
+    return n, mean, np.sqrt(var)
+
+
 def standardize(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-row z-scores of ``scores[..., M]`` over ``mask[..., M]``; 0 outside the mask.
 
     Rows with fewer than two observed entries or zero spread give 0.
     """
-    n = mask.sum(-1, keepdims=True)
-    x = np.where(mask, scores, 0.0)
-    mean = x.sum(-1, keepdims=True) / np.maximum(n, 1)
-    var = (np.where(mask, x - mean, 0.0) ** 2).sum(-1, keepdims=True) / np.maximum(n, 1)
-    std = np.sqrt(var)
+    n, mean, std = observed_moments(scores, mask)
     ok = (n >= 2) & (std > 1e-12 * np.maximum(1.0, np.abs(mean)))
-    return np.where(mask & ok, (x - mean) / np.where(ok, std, 1.0), 0.0)
+    return np.where(mask & ok, (np.where(mask, scores, 0.0) - mean) / np.where(ok, std, 1.0), 0.0)
 
 
 @dataclasses.dataclass(frozen=True)

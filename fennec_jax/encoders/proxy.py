@@ -144,9 +144,10 @@ class ImageProxy:
     preprocess: Callable[[np.ndarray], np.ndarray]
     dim: int
 
-    def embed_images(self, images: Sequence[np.ndarray], batch_size: int = 32, *, with_probs: bool = False):
+    def embed_images(self, images: Sequence[np.ndarray], batch_size: int = 32, *, with_probs: bool = False,
+                     progress: bool = False):
         """``features[N, dim]`` of raw ``images`` (each preprocessed), or a ``features.Features``
-        with ``probs[N, C]`` too when ``with_probs``."""
+        with ``probs[N, C]`` too when ``with_probs``; ``progress`` shows a bar."""
         if len(images) == 0:
             raise ValueError("images: expected at least one image")
         batches = (
@@ -154,7 +155,7 @@ class ImageProxy:
             for start in range(0, len(images), batch_size)
         )
         result = features_lib.extract_features(
-            self.apply_fn, self.params, batches, batch_size, with_probs=with_probs, progress=False
+            self.apply_fn, self.params, batches, batch_size, with_probs=with_probs, progress=progress
         )
         return result if with_probs else result.features
 

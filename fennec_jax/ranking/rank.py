@@ -35,7 +35,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from fennec_jax.core.evidence import TaskEvidence
-from fennec_jax.core.records import Benchmark, Records, standardize
+from fennec_jax.core.records import Benchmark, Records, observed_moments, standardize
 from fennec_jax.methods.base import RankingMethod
 from fennec_jax.ranking import engine
 from fennec_jax.ranking.table import RankingTable
@@ -67,10 +67,7 @@ def task_units(records: Records) -> tuple[np.ndarray, np.ndarray]:
     leaves at 0 (fewer than two observed models, or no spread) takes the mean and standard
     deviation of every observed cell of ``records`` pooled (std 1 if even those are equal).
     """
-    n = np.maximum(records.mask.sum(1), 1)
-    x = np.where(records.mask, records.scores, 0.0)
-    mean = x.sum(1) / n
-    std = np.sqrt((np.where(records.mask, x - mean[:, None], 0.0) ** 2).sum(1) / n)
+    _, mean, std = (m[:, 0] for m in observed_moments(records.scores, records.mask))
     ok = standardize(records.scores, records.mask).any(1)
     pooled = records.scores[records.mask]
     pooled_mean = float(pooled.mean()) if pooled.size else 0.0

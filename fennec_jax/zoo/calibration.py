@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fennec_jax.core.records import Records, standardize
+from fennec_jax.core.records import Records, observed_moments, standardize
 from fennec_jax.core.ridge import RidgeMap, fit_ridge, ridge_solve
 
 __all__ = ["Calibration", "task_scales", "median_scale", "fit_scale_map", "fit_calibration"]
@@ -42,10 +42,7 @@ _MIN_STD_FRACTION = 0.05  # a refined std is at least this share of its prior
 def task_scales(records: Records) -> tuple[np.ndarray, np.ndarray]:
     """``(mean[T], std[T])`` of each task's observed scores (population std; a task with fewer
     than two observed models or no spread gets the median std of the others, or 1)."""
-    n = records.mask.sum(1)
-    x = np.where(records.mask, records.scores, 0.0)
-    mean = x.sum(1) / np.maximum(n, 1)
-    std = np.sqrt((np.where(records.mask, x - mean[:, None], 0.0) ** 2).sum(1) / np.maximum(n, 1))
+    n, mean, std = (m[:, 0] for m in observed_moments(records.scores, records.mask))
     ok = (n >= 2) & (std > 0)
     std = np.where(ok, std, np.median(std[ok]) if ok.any() else 1.0)
     return mean, std

@@ -79,17 +79,13 @@ def load_proxy(spec: str):
 def embed_task(data: TaskData, encoder=None, progress: bool = False) -> np.ndarray:
     """``emb[3P + 3]`` of a task (:func:`fennec_jax.encoders.proxy.task_embedding`) from its
     precomputed proxy features, or from its images passed through ``encoder``."""
-    from fennec_jax.encoders import features as features_lib
     from fennec_jax.encoders.proxy import task_embedding
 
     if data.features is not None:
         return task_embedding(data.features, data.labels)
     if encoder is None:
         raise ZooError(f"{data.source}: images need a proxy encoder to embed them")
-    batches = (np.stack([encoder.preprocess(image) for image in data.images[i:i + 32]])
-               for i in range(0, len(data.images), 32))
-    feats = features_lib.extract_features(encoder.apply_fn, encoder.params, batches, 32, progress=progress).features
-    return task_embedding(feats, data.labels)
+    return task_embedding(encoder.embed_images(data.images, progress=progress), data.labels)
 
 
 # ----------------------------------------------------------------------------- rankings
@@ -190,6 +186,16 @@ class Zoo:
             encoder, _ = load_proxy("mobilenet_v2")
         return embed_task(data, encoder, progress)
 
+    def _new_task(self, task: str | TaskData | None, probes: Mapping[str, float] | None,
+                  metadata: Mapping[str, Any] | None, encoder, progress: bool = False) -> TaskEvidence:
+        """The evidence of a new task: its proxy embedding (when ``task`` gives its data), its
+        name (the data's, unless ``metadata`` names it), metadata and probes."""
+        proxy = None if task is None else self.task_proxy(task, encoder, progress)
+        metadata = dict(metadata or {})
+        if task is not None and "task" not in metadata:
+            metadata["task"] = task.name if isinstance(task, TaskData) else os.path.basename(os.path.normpath(task))
+        return self.evidence(probes=probes, proxy=proxy, metadata=metadata)
+
     def rank(self, task: str | TaskData | None = None, *, probes: Mapping[str, float] | None = None,
              metadata: Mapping[str, Any] | None = None, encoder=None, level: float = 0.8,
              progress: bool = False) -> TaskRanking:
@@ -203,11 +209,8 @@ class Zoo:
           encoder: the proxy encoder to embed images with (default: the zoo's, by id).
         A task named like a zoo task shows that task's measured results as observed.
         """
-        proxy = None if task is None else self.task_proxy(task, encoder, progress)
-        metadata = dict(metadata or {})
-        if task is not None and "task" not in metadata:
-            metadata["task"] = task.name if isinstance(task, TaskData) else os.path.basename(os.path.normpath(task))
-        evidence = self.evidence(probes=probes, proxy=proxy, metadata=metadata)
+        evidence = self._new_task(task, probes, metadata, encoder, progress)
+        proxy, metadata = evidence.proxy, evidence.metadata
         scores = np.asarray(self.method.score(self.state, evidence), np.float64)
         predicted, low, high = self.calibration.predict(scores, proxy=proxy, probe_models=evidence.probe_models,
                                                         probe_scores=evidence.probe_scores, level=level)
@@ -235,15 +238,14 @@ class Zoo:
         """
         from fennec_jax.methods import suggest as suggest_lib
 
-        proxy = None if task is None else self.task_proxy(task, encoder)
-        evidence = self.evidence(probes=probes, proxy=proxy, metadata=metadata)
+        evidence = self._new_task(task, probes, metadata, encoder)
         try:
             chosen = suggest_lib.suggest(self.method, self.state, evidence, budget, policy, seed=seed)
         except ValueError as err:
             raise ZooError(f"suggest: {err}") from None
         scores = np.asarray(self.method.score(self.state, evidence), np.float64)
-        predicted, _, _ = self.calibration.predict(scores, proxy=proxy, probe_models=evidence.probe_models,
-                                                   probe_scores=evidence.probe_scores)
+        predicted, _ = self.calibration.estimate(scores, proxy=evidence.proxy, probe_models=evidence.probe_models,
+                                                 probe_scores=evidence.probe_scores)
         return [{"model": self.models[m], "gain": float(g), "gain_means": chosen.gain,
                  "predicted_score": float(predicted[m])} for m, g in zip(chosen.models, chosen.gains)]
 
