@@ -6,9 +6,16 @@ Measures, on whatever machine runs it:
   (c) the engine end to end (after a warm-up call; compile time reported apart) and its
       scoring step alone: the engine's own chunk matmul, repeated, as GFLOP/s;
   (d) peak RSS of a fresh subprocess per zoo size (--models_list);
-  (e) `engine.rank_models` for one new task (--rank_models_list).
+  (e) `engine.rank_models` for one new task (--rank_models_list);
+  (f) full ranking (`top_k` with k = M: the sort path) of --full_rank_models x
+      --full_rank_tasks against NumPy matmul + stable argsort per row, the streaming path
+      at k = M, and both paths at each k of --crossover_ks (the crossover the engine's
+      docstring records).
 
-  python experiments/bench_engine.py --models=1000000 --tasks=10000 --out=bench/engine.json
+  python -m experiments.bench_engine --models=1000000 --tasks=10000 --out=bench/engine.json
+  python -m experiments.bench_engine --sections=full_rank    # (f) alone
+
+The results are merged into --out (keys of sections not run are kept).
 
 Every time is taken twice: wall clock, and CPU time of the whole process (all threads).
 On a machine shared with other jobs the wall-clock ratios depend on how many cores each
@@ -20,7 +27,6 @@ cost is linear in the number of tasks); the JSON then says so (numpy_extrapolate
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -30,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments.machine import device_description, own_peak_rss_bytes
 from fennec_jax.core import atomic_io
 from fennec_jax.ranking import engine
 
@@ -53,8 +60,16 @@ flags.DEFINE_list("rank_models_list", ["26206", "1000000"],
 flags.DEFINE_string("out", "bench/engine.json", "Where to write the JSON results.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic zoo.")
 flags.DEFINE_bool("rss_child", False, "Internal: run one top_k call, print peak RSS.")
+_SECTIONS = ("top_k", "rss", "rank_models", "full_rank")
+flags.DEFINE_multi_enum("sections", list(_SECTIONS), _SECTIONS, "Sections to run.")
+flags.DEFINE_integer("full_rank_models", 200_000, "Models in the full-ranking section.")
+flags.DEFINE_integer("full_rank_tasks", 50, "Tasks in the full-ranking section.")
+flags.DEFINE_list("crossover_ks", ["100", "200", "400", "800"],
+                  "k at which the full-ranking section times both top-k paths.")
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEEDUP_TARGET = 5.0
+FULL_RANK_TARGET = 2.0
 PEAK_FRACTION_TARGET = 0.6
 RSS_TARGET_GB = 4.0
 
@@ -67,20 +82,6 @@ def synthetic_zoo(num_models, num_tasks, dim, seed):
     task_vecs = rng.standard_normal((num_tasks, dim), dtype=np.float32)
     model_bias = rng.standard_normal(num_models, dtype=np.float32) * np.float32(0.1)
     return model_vecs, task_vecs, model_bias
-
-
-def device_description():
-    """The first JAX device; for CPUs with the processor model and core count."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        return f"{device.platform}: {device.device_kind} x{jax.device_count()}"
-    model = "unknown processor"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f
-                     if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"cpu: {model}, {os.cpu_count()} cores"
 
 
 def engine_options():
@@ -181,24 +182,13 @@ def timed_first_call(fn):
 
 def peak_rss_gb(num_models, num_tasks):
     """Peak RSS (GB) of a fresh process that builds a zoo and runs top_k once."""
-    command = [sys.executable, os.path.abspath(__file__), "--rss_child",
+    command = [sys.executable, "-m", "experiments.bench_engine", "--rss_child",
                f"--models={num_models}", f"--tasks={num_tasks}", f"--dim={FLAGS.dim}",
                f"--top_k={FLAGS.top_k}", f"--seed={FLAGS.seed}"]
     command += [f"--{name}={value}" for name, value in engine_options().items()
                 if value is not None]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=_ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_gb"]
-
-
-def own_peak_rss_bytes():
-    """This process's peak RSS. On Linux VmHWM, which starts afresh at exec; ru_maxrss
-    would also count the parent's RSS at fork, as getrusage keeps it across exec."""
-    if os.path.exists("/proc/self/status"):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def rss_child():
@@ -218,20 +208,14 @@ def rank_models_ms(num_models, dim, seed):
     return timed(rank, 5)[0] * 1e3
 
 
-def main(argv):
-    del argv
-    if FLAGS.rss_child:
-        rss_child()
-        return
+def top_k_section(results):
+    """(a) - (c): the engine's top-k against numpy at --models x --tasks."""
     k, dim = FLAGS.top_k, FLAGS.dim
     num_models, num_tasks = FLAGS.models, FLAGS.tasks
     chunk, task_chunk = resolved_chunk_sizes()
-    print(f"device: {device_description()}; load average {os.getloadavg()[0]:.1f}")
-    results = {"device": device_description(), "load_average_at_start": os.getloadavg()[0],
-               "jax_version": jax.__version__, "models": num_models, "tasks": num_tasks,
-               "dim": dim, "top_k": k, "chunk_size": chunk, "task_chunk_size": task_chunk,
-               "block_size": FLAGS.block_size}
-
+    results.update(device=device_description(), load_average_at_start=os.getloadavg()[0],
+                   models=num_models, tasks=num_tasks, dim=dim, top_k=k, chunk_size=chunk,
+                   task_chunk_size=task_chunk, block_size=FLAGS.block_size)
     peak = matmul_peak()
     scoring = scoring_step(dim, chunk, task_chunk)
     results.update(matmul_peak_gflops=peak, scoring_gflops=scoring,
@@ -286,18 +270,92 @@ def main(argv):
           f"(target >= {SPEEDUP_TARGET:.0f}x); same top-{k} lists on {agree:.1%} of "
           f"{len(numpy_indices)} tasks checked")
 
-    rss_tasks = FLAGS.rss_tasks or num_tasks
+
+
+def rss_section(results):
+    """(d): peak RSS of a fresh top_k process per zoo size."""
+    rss_tasks = FLAGS.rss_tasks or FLAGS.tasks
     rss = {m: peak_rss_gb(int(m), rss_tasks) for m in FLAGS.models_list}
     results.update(peak_rss_gb=rss, rss_tasks=rss_tasks)
     for m, gb in rss.items():
         print(f"peak RSS, fresh process, M={int(m):,} x {rss_tasks:,} tasks: {gb:.2f} GB "
               f"(target < {RSS_TARGET_GB:.0f} GB)")
 
-    ranking = {m: rank_models_ms(int(m), dim, FLAGS.seed) for m in FLAGS.rank_models_list}
+
+
+def rank_models_section(results):
+    """(e): rank_models for one task."""
+    ranking = {m: rank_models_ms(int(m), FLAGS.dim, FLAGS.seed)
+               for m in FLAGS.rank_models_list}
     results["rank_models_ms"] = ranking
     for m, ms in ranking.items():
         print(f"rank_models, one task, all {int(m):,} models: {ms:.1f} ms")
 
+
+
+def full_rank_section(results):
+    """(f): full ranking by the engine against NumPy, both top-k paths across k."""
+    num_models, num_tasks = FLAGS.full_rank_models, FLAGS.full_rank_tasks
+    load = os.getloadavg()[0]
+    model_vecs, task_vecs, model_bias = synthetic_zoo(num_models, num_tasks, FLAGS.dim,
+                                                      FLAGS.seed)
+    rank = lambda k, algorithm: engine.top_k(model_vecs, task_vecs, k, model_bias=model_bias,
+                                             algorithm=algorithm)
+    numpy_rank = lambda: np.stack([np.argsort(-row, kind="stable")
+                                   for row in task_vecs @ model_vecs.T + model_bias])
+    rank(num_models, "auto")  # warm-up: compiles
+    engine_seconds = timed(lambda: rank(num_models, "auto"), FLAGS.repeats + 1)
+    numpy_seconds = timed(numpy_rank, FLAGS.repeats)
+    stream_seconds = timed(lambda: rank(num_models, "stream"))  # compiles too: an upper bound
+    _, order = rank(num_models, "auto")
+    scores = np.asarray(engine.score_matrix(model_vecs, task_vecs, model_bias))
+    exact = np.array_equal(order, np.argsort(-scores, axis=1, kind="stable"))
+    same_as_numpy = float(np.mean(np.all(order == numpy_rank(), axis=1)))
+    crossover = {}
+    for k in map(int, FLAGS.crossover_ks):
+        for algorithm in ("stream", "sort"):
+            rank(k, algorithm)
+        crossover[k] = {algorithm: dict(zip(("wall", "cpu"), timed(lambda: rank(k, algorithm), 3)))
+                        for algorithm in ("stream", "sort")}
+    speedup = numpy_seconds[0] / engine_seconds[0]
+    results.update(
+        full_rank={"device": device_description(), "load_average_at_start": load,
+                   "models": num_models, "tasks": num_tasks, "dim": FLAGS.dim,
+                   "engine_seconds": engine_seconds[0], "engine_cpu_seconds": engine_seconds[1],
+                   "numpy_seconds": numpy_seconds[0], "numpy_cpu_seconds": numpy_seconds[1],
+                   "streaming_seconds_first_call": stream_seconds[0],
+                   "exact_vs_stable_argsort_of_engine_scores": exact,
+                   "rows_equal_to_numpy_order": same_as_numpy,
+                   "crossover_seconds": crossover},
+        full_rank_speedup_vs_numpy=speedup)
+    print(f"full ranking of {num_models:,} models x {num_tasks} tasks: engine "
+          f"{engine_seconds[0]:.3f} s ({engine_seconds[1]:.3f} s CPU), numpy matmul + stable "
+          f"argsort {numpy_seconds[0]:.3f} s ({numpy_seconds[1]:.3f} s CPU): {speedup:.1f}x "
+          f"(target >= {FULL_RANK_TARGET:.0f}x); streaming path {stream_seconds[0]:.2f} s "
+          f"(first call); order identical to the stable argsort of the engine's scores: "
+          f"{exact}; rows identical to numpy's order: {same_as_numpy:.1%}")
+    for k, times in crossover.items():
+        ratio = times["stream"]["cpu"] / times["sort"]["cpu"]
+        print(f"  k = {k:>6}: stream {times['stream']['wall']:.3f} s, sort "
+              f"{times['sort']['wall']:.3f} s wall; stream / sort CPU time {ratio:.2f} "
+              f"(engine picks {'sort' if engine._sort_is_faster(k, num_models) else 'stream'})")  # pylint: disable=protected-access
+
+
+def main(argv):
+    del argv
+    if FLAGS.rss_child:
+        rss_child()
+        return
+    print(f"device: {device_description()}; load average {os.getloadavg()[0]:.1f}")
+    results = {}
+    if os.path.exists(FLAGS.out):
+        with open(FLAGS.out) as f:
+            results = json.load(f)
+    results.update(jax_version=jax.__version__)
+    sections = {"top_k": top_k_section, "rss": rss_section,
+                "rank_models": rank_models_section, "full_rank": full_rank_section}
+    for name in FLAGS.sections:
+        sections[name](results)
     atomic_io.write_json(FLAGS.out, results)
     print(f"wrote {FLAGS.out}")
 

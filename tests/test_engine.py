@@ -49,16 +49,18 @@ def _reference_top_k(scores, k):
         (5, 4, 3, None, None, None),  # defaults with a tiny zoo
         (130, 2, 20, 64, 1, 64),     # k larger than the number of blocks in a chunk
     ])
+@pytest.mark.parametrize("algorithm", ["stream", "sort"])
 def test_top_k_equals_full_argsort(num_models, num_tasks, k, chunk_size,
-                                   task_chunk_size, block_size):
+                                   task_chunk_size, block_size, algorithm):
     model_vecs, task_vecs, model_bias, task_bias = _zoo(num_models, num_tasks)
     values, indices = engine.top_k(
         model_vecs, task_vecs, k, model_bias=model_bias, task_bias=task_bias,
-        chunk_size=chunk_size, task_chunk_size=task_chunk_size, block_size=block_size)
+        chunk_size=chunk_size, task_chunk_size=task_chunk_size, block_size=block_size,
+        algorithm=algorithm)
     expected_values, expected_indices = _reference_top_k(
         _reference_scores(model_vecs, task_vecs, model_bias, task_bias), k)
     assert values.shape == indices.shape == (num_tasks, k)
-    assert indices.dtype == jnp.int32
+    assert indices.dtype == jnp.int32 and values.dtype == jnp.float32
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(values, expected_values, rtol=1e-5, atol=1e-5)
 
@@ -95,6 +97,67 @@ def test_descending_order_matches_lexsort_with_ties_and_signed_zeros():
     # Expected: by value descending, +0.0 above -0.0, then by index.
     expected = np.lexsort((np.arange(500), np.signbit(scores), -scores))
     np.testing.assert_array_equal(order, expected)
+
+
+def test_keys_read_back_as_the_sorted_scores():
+    scores = np.array([[1.5, -0.0, np.inf, -2.0, 0.0, -np.inf, 1e-40, -1e-40]], np.float32)
+    keys = engine._descending_keys(scores)  # pylint: disable=protected-access
+    back = engine._key_scores(keys)  # pylint: disable=protected-access
+    expected = scores[0, [2, 0, 6, 4, 1, 7, 3, 5]]
+    np.testing.assert_array_equal(back[0].view(np.int32), expected.view(np.int32))
+
+
+def _integer_zoo(num_models, num_tasks, seed=3):
+    """Small-integer vectors and biases: every score exact in float32, many equal."""
+    rng = np.random.default_rng(seed)
+    draw = lambda *shape: rng.integers(-2, 3, size=shape).astype(np.float32)
+    return draw(num_models, 3), draw(num_tasks, 3), draw(num_models), draw(num_tasks)
+
+
+@pytest.mark.parametrize("k", [7, 50, 203])
+@pytest.mark.parametrize("algorithm", ["auto", "stream", "sort"])
+def test_both_paths_rank_ties_by_lower_index(k, algorithm):
+    model_vecs, task_vecs, model_bias, task_bias = _integer_zoo(203, 9)
+    values, indices = engine.top_k(model_vecs, task_vecs, k, model_bias=model_bias,
+                                   task_bias=task_bias, chunk_size=32, block_size=4,
+                                   algorithm=algorithm)
+    scores = _reference_scores(model_vecs, task_vecs, model_bias)
+    _, expected = _reference_top_k(scores, k)
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_array_equal(
+        values, np.take_along_axis(scores, expected, axis=1) + task_bias[:, None])
+
+
+def test_sort_path_in_many_chunks_and_pieces_on_threads(monkeypatch):
+    # 4 tasks per matmul, 2 per sorted piece: 23 tasks give 6 chunks (the last short).
+    monkeypatch.setattr(engine, "_SORT_CHUNK_SCORES", 4 * 50)
+    monkeypatch.setattr(engine, "_SORT_PIECE_SCORES", 2 * 50)
+    model_vecs, task_vecs, model_bias, task_bias = _integer_zoo(50, 23)
+    values, indices = engine.top_k(model_vecs, task_vecs, 50, model_bias=model_bias,
+                                   task_bias=task_bias, algorithm="sort")
+    scores = _reference_scores(model_vecs, task_vecs, model_bias, task_bias)
+    expected_values, expected_indices = _reference_top_k(scores, 50)
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_array_equal(values, expected_values)
+
+
+@pytest.mark.parametrize("num_models, k, sorts", [
+    (400, 19, False), (400, 20, True), (400, 400, True), (10_000, 99, False),
+    (10_000, 100, True)])
+def test_auto_sorts_from_k_squared_at_least_m(monkeypatch, num_models, k, sorts):
+    calls = []
+    sort = engine._top_k_by_sort  # pylint: disable=protected-access
+    monkeypatch.setattr(engine, "_top_k_by_sort",
+                        lambda *args, **kwargs: calls.append(1) or sort(*args, **kwargs))
+    model_vecs, task_vecs, model_bias, _ = _zoo(num_models, 3)
+    _, indices = engine.top_k(model_vecs, task_vecs, k, model_bias=model_bias)
+    assert bool(calls) == sorts
+    _, expected = _reference_top_k(_reference_scores(model_vecs, task_vecs, model_bias), k)
+    np.testing.assert_array_equal(indices, expected)
+    mesh = engine.make_mesh(jax.devices()[:1])  # with a mesh: always the streaming path
+    calls.clear()
+    engine.top_k(model_vecs, task_vecs, k, model_bias=model_bias, mesh=mesh)
+    assert not calls
 
 
 def test_score_matrix_matches_numpy():
@@ -229,6 +292,9 @@ def test_memory_does_not_grow_with_models():
     (lambda m, t: engine.top_k(m, t, 2, task_bias=np.zeros((5, 1))), "task_bias"),
     (lambda m, t: engine.top_k(m, t, 2, chunk_size=0), "chunk_size"),
     (lambda m, t: engine.top_k(m, t, 2, dtype=jnp.int32), "dtype"),
+    (lambda m, t: engine.top_k(m, t, 2, algorithm="quick"), "algorithm"),
+    (lambda m, t: engine.top_k(m, t, 2, algorithm="sort",
+                               mesh=engine.make_mesh(jax.devices()[:1])), "algorithm"),
     (lambda m, t: engine.top_k(np.where(m > 1, np.nan, m), t, 2), "model_vecs"),
     (lambda m, t: engine.top_k(m, np.where(t > 1, np.inf, t), 2), "task_vecs"),
     (lambda m, t: engine.top_k(m, t, 2, model_bias=np.full(40, np.nan)), "model_bias"),

@@ -8,13 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from fennec_jax.benchmarks.bundled import as_benchmark, benchmark_names, load_benchmark
 from fennec_jax.core import atomic_io
 from fennec_jax.core.records import records_from_matrix
 from fennec_jax.methods.base import get_method, method_names
 from fennec_jax.ranking.rank import rank_tasks, task_evidence, task_units
-from fennec_jax.ranking.rank_job import RankJob, run_rank_job
+from fennec_jax.ranking.rank_job import HEADER, RankJob, run_rank_job
 from fennec_jax.ranking.table import RankingTable
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -60,20 +61,45 @@ def test_resume_reuses_finished_shards_and_gives_the_same_output(tmp_path):
     bench = load_benchmark("parc_controlled")
     job = RankJob(method="fennec", shard_size=2, eval_seeds=1)
     out = str(tmp_path)
-    run_rank_job([bench], get_method("fennec"), job, out)
+    run_rank_job([bench], get_method("fennec"), job, out, formats=("csv", "parquet"))
     first = (tmp_path / "rankings.csv").read_text()
+    first_parquet = pq.read_table(tmp_path / "rankings.parquet")
     parts = tmp_path / "parts" / "parc_controlled"
     kept = os.path.getmtime(parts / "shard-00000.csv")
     # Simulate a run killed after its first shard: later shards and the final files are missing.
     for name in ("shard-00001.csv", "shard-00002.csv"):
         os.remove(parts / name)
     os.remove(tmp_path / "rankings.csv")
+    os.remove(tmp_path / "rankings.parquet")
     log = []
-    run_rank_job([bench], get_method("fennec"), job, out, log=log.append)
+    run_rank_job([bench], get_method("fennec"), job, out, log=log.append, formats=("csv", "parquet"))
     assert (tmp_path / "rankings.csv").read_text() == first
+    assert pq.read_table(tmp_path / "rankings.parquet").equals(first_parquet)
     assert os.path.getmtime(parts / "shard-00000.csv") == kept
     assert "parc_controlled: shard 1/3 already done" in log
     assert (tmp_path / "checkpoints" / "parc_controlled").is_dir()
+
+
+def test_parquet_holds_the_csv_rows_typed_one_row_group_per_shard(tmp_path):
+    bench = load_benchmark("parc_controlled")
+    job = RankJob(method="knn_task", shard_size=4, eval_seeds=1)
+    summary = run_rank_job([bench], get_method("knn_task"), job, str(tmp_path), formats=("parquet", "csv"))
+    rows = read_rows(tmp_path / "rankings.csv")
+    parquet = pq.ParquetFile(tmp_path / "rankings.parquet")
+    assert parquet.num_row_groups == 2 and summary["rows"] == parquet.metadata.num_rows == len(rows)
+    table = parquet.read().to_pylist()
+    for row, typed in zip(rows, table):
+        assert row["benchmark"] == typed["benchmark"] and row["task"] == typed["task"]
+        assert (int(row["rank"]), row["model"], row["observed"] == "true") == (
+            typed["rank"], typed["model"], typed["observed"])
+        assert float(row["predicted_score"]) == typed["predicted_score"]
+        assert typed["measured_score"] == (float(row["measured_score"]) if row["measured_score"] else None)
+    # The CSV is the shards' rows behind one header, byte for byte.
+    shards = sorted((tmp_path / "parts" / "parc_controlled").glob("shard-*.csv"))
+    body = "".join(path.read_text().split("\n", 1)[1] for path in shards)
+    assert (tmp_path / "rankings.csv").read_text() == ",".join(HEADER) + "\n" + body
+    with pytest.raises(ValueError, match="formats"):
+        run_rank_job([bench], get_method("knn_task"), job, str(tmp_path), formats=("xlsx",))
 
 
 def test_other_arguments_start_afresh(tmp_path):

@@ -4,12 +4,34 @@ Task ``t`` scores model ``m`` as ``task_vecs[t] @ model_vecs[m] + model_bias[m]
 (+ task_bias[t])``; higher is better. Entry points:
 
 - `score_matrix` materialises ``scores[T, M]`` (small zoos, references).
-- `top_k` streams over the models in chunks under ``jit`` and keeps a running top-k per
-  task, so memory is bounded by ``task_chunk_size * chunk_size`` scores, not ``T * M``.
-  Given a ``mesh`` (see `make_mesh`), the models are split across its devices along the
-  ``"models"`` axis; each device streams over its share and the per-device top-k lists
-  are merged.
+- `top_k` gives the k best models per task (k = M: a full ranking of every task), by
+  one of two paths, picked by the crossover below:
+  * streaming: over the models in chunks under ``jit``, keeping a running top-k per task,
+    so memory is bounded by ``task_chunk_size * chunk_size`` scores, not ``T * M``. Given
+    a ``mesh`` (see `make_mesh`), the models are split across its devices along the
+    ``"models"`` axis; each device streams over its share and the per-device top-k lists
+    are merged.
+  * sort: a jitted matmul per chunk of tasks, then every task's scores sorted on the host
+    as int64 keys (`_descending_keys`), the chunks' rows split over one thread per core.
+    Memory: a chunk of scores and keys per thread, beside the [T, k] outputs.
 - `rank_models` fully ranks every model for one task.
+
+Crossover. The streaming path's cost grows with k (k candidate blocks of ``block_size``
+models per chunk, then an exact top-k over them), the sort path's does not (M log M per
+task). Measured on the 2-core CPU (float32, d = 64, CPU seconds of the process, best of
+3, machine shared with other jobs; /tmp script, the same calls as
+``experiments/bench_engine.py``'s crossover section), stream / sort time:
+
+    M = 50,000, T = 100:   k = 100: 0.52   200: 0.87   400: 2.7    800: 2.8
+    M = 200,000, T = 50:   k = 100: 0.39   200: 0.58   400: 1.3    800: 1.9
+    M = 1,000,000, T = 10: k = 1600: 1.07  3200: 1.13  6400: 1.5   12800: 2.2
+
+so sort wins from about k = sqrt(M) (224, 447, 1000 here; within 1.3x of the faster
+path at the crossover either side). `top_k` sorts when ``k * k >= M`` (and no mesh is
+given): a full ranking (k = M) always sorts. At 200k models x 50 tasks, k = M, the sort
+path is 2.9x NumPy's matmul + stable argsort per row in wall time, 3.5x in CPU time (load
+average 10 on the 2 cores; 5.8x wall at load 4), where the streaming path was 0.14x
+(``experiments/bench_engine.py --sections=full_rank``). Accelerators: same rule, untuned.
 
 Ties: among equal scores the lower model index ranks first, in every entry point and for
 any number of devices. (Only a score of ``-0.0`` against ``+0.0`` is left unspecified:
@@ -25,7 +47,9 @@ the ``k`` best blocks, each of the ``k`` blocks ranked above it holds a score (i
 maximum) ranked above that score, which therefore is not among the ``k`` best.
 """
 
+import concurrent.futures
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +67,11 @@ _DEFAULT_SIZES = {
     "accelerator": dict(chunk_size=65536, task_chunk_size=1024, block_size=128),
 }
 _NO_MODEL = -1  # index in running top-k slots that no model has filled yet
+# The sort path: scores per matmul (32 MiB of float32) and per sorted piece (8 MiB of
+# int64 keys).
+_SORT_CHUNK_SCORES = 1 << 23
+_SORT_PIECE_SCORES = 1 << 20
+_ALGORITHMS = ("auto", "stream", "sort")
 
 
 def default_chunk_sizes(platform=None):
@@ -56,7 +85,11 @@ def default_chunk_sizes(platform=None):
 
 
 def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: all devices) with the axis ``"models"``."""
+    """A 1-D mesh over ``devices`` (default: all devices) with the axis ``"models"``.
+
+    After ``fennec_jax.ranking.distributed.initialize``, all devices are those of every
+    process: the default mesh is then the global one.
+    """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("devices: expected at least one device, got none")
@@ -140,10 +173,14 @@ def score_matrix(model_vecs, task_vecs, model_bias=None, task_bias=None,
                          dtype=_check_dtype(dtype))
 
 
+def _model_scores(model_vecs, task_vecs, model_bias, dtype):
+    """scores[T, M] without the task bias (which does not change a task's order)."""
+    return _dot(task_vecs.astype(dtype), model_vecs.astype(dtype)) + model_bias
+
+
 @functools.partial(jax.jit, static_argnames="dtype")
 def _score_matrix(model_vecs, task_vecs, model_bias, task_bias, *, dtype):
-    scores = _dot(task_vecs.astype(dtype), model_vecs.astype(dtype))
-    return scores + model_bias + task_bias[:, None]
+    return _model_scores(model_vecs, task_vecs, model_bias, dtype) + task_bias[:, None]
 
 
 # ------------------------------------------------------------------------ top-k merges
@@ -279,7 +316,11 @@ def _top_k_one_device(model_vecs, model_bias, task_vecs, task_bias, *, k, chunk_
 @functools.partial(jax.jit, static_argnames=_STATIC + ("mesh",))
 def _top_k_sharded(model_vecs, model_bias, task_vecs, task_bias, *, k, chunk_size,
                    task_chunk_size, block_size, dtype, mesh):
-    """model_vecs[n * S, d] in n equal shards along the mesh's models axis."""
+    """model_vecs[n * S, d] in n equal shards along the mesh's models axis.
+
+    The outputs are replicated on every device of the mesh, so that each process of a
+    mesh over several processes reads them whole.
+    """
     num_shards = mesh.shape[MODELS_AXIS]
     shard_rows = model_vecs.shape[0] // num_shards
 
@@ -302,11 +343,17 @@ def _top_k_sharded(model_vecs, model_bias, task_vecs, task_bias, *, k, chunk_siz
     values = values.transpose(1, 0, 2).reshape(num_tasks, -1)
     indices = indices.transpose(1, 0, 2).reshape(num_tasks, -1)
     values, indices = _select(values, indices, k)
-    return values + task_bias[:, None], indices
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return (lax.with_sharding_constraint(values + task_bias[:, None], replicated),
+            lax.with_sharding_constraint(indices, replicated))
 
 
 def _shard_models(mesh, model_vecs, model_bias):
-    """Models padded (bias -inf) to a multiple of the shard count, placed on the mesh."""
+    """Models padded (bias -inf) to a multiple of the shard count, placed on the mesh.
+
+    Over several processes, every process passes the same models and places the shards
+    of its own devices.
+    """
     pad = -model_vecs.shape[0] % mesh.shape[MODELS_AXIS]
     model_vecs = jnp.pad(model_vecs, ((0, pad), (0, 0)))
     model_bias = jnp.pad(model_bias, (0, pad), constant_values=-jnp.inf)
@@ -314,8 +361,64 @@ def _shard_models(mesh, model_vecs, model_bias):
     return jax.device_put(model_vecs, sharding), jax.device_put(model_bias, sharding)
 
 
+# ------------------------------------------------------------------------ sort top-k
+
+
+def _top_k_by_sort(model_vecs, model_bias, task_vecs, task_bias, *, k, dtype):
+    """values[T, k], indices[T, k] (NumPy) from a full sort of every task's scores.
+
+    Tasks go ``max(1, _SORT_CHUNK_SCORES // M)`` at a time through one jitted matmul
+    (the next chunk's is dispatched before this one is sorted, so they overlap); each
+    chunk's scores[R, M] are cut into pieces of about ``_SORT_PIECE_SCORES`` scores
+    sorted on one thread per core (`_descending_keys`; NumPy's sort releases the GIL).
+    Memory: two chunks of scores, and a piece of keys per thread, beside the outputs.
+    """
+    num_tasks, num_models = task_vecs.shape[0], model_vecs.shape[0]
+    rows = max(1, _SORT_CHUNK_SCORES // num_models)
+    piece = max(1, _SORT_PIECE_SCORES // num_models)
+    values = np.empty((num_tasks, k), np.float32)
+    indices = np.empty((num_tasks, k), np.int32)
+    task_bias = np.asarray(task_bias)
+
+    def chunk_scores(start):
+        return _sort_scores(model_vecs, task_vecs[start:start + rows], model_bias,
+                            dtype=dtype)
+
+    def rank_piece(start, scores):
+        keys = _descending_keys(scores)[:, :k]
+        stop = start + scores.shape[0]
+        indices[start:stop] = keys.astype(np.int32)
+        values[start:stop] = _key_scores(keys) + task_bias[start:stop, None]
+
+    with concurrent.futures.ThreadPoolExecutor(_cores()) as pool:
+        pending = chunk_scores(0)
+        for start in range(0, num_tasks, rows):
+            scores = np.asarray(pending)
+            if start + rows < num_tasks:
+                pending = chunk_scores(start + rows)
+            list(pool.map(lambda first: rank_piece(start + first, scores[first:first + piece]),
+                          range(0, scores.shape[0], piece)))
+    return values, indices
+
+
+_sort_scores = jax.jit(_model_scores, static_argnames="dtype")
+
+
+def _cores():
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _sort_is_faster(k, num_models):
+    """The measured crossover between the two top-k paths (module docstring)."""
+    return k * k >= num_models
+
+
 def top_k(model_vecs, task_vecs, k, *, model_bias=None, task_bias=None, chunk_size=None,
-          task_chunk_size=None, block_size=None, dtype=jnp.float32, mesh=None):
+          task_chunk_size=None, block_size=None, dtype=jnp.float32, mesh=None,
+          algorithm="auto"):
     """The k best models for every task: (values[T, k], indices[T, k]).
 
     Args:
@@ -331,12 +434,18 @@ def top_k(model_vecs, task_vecs, k, *, model_bias=None, task_bias=None, chunk_si
         summed in float32, biases stay float32).
       mesh: optional `jax.sharding.Mesh` with a ``"models"`` axis (`make_mesh`): the
         models are split across its devices. Any number of devices gives the same result.
+      algorithm: "stream" (the streaming top-k), "sort" (a full sort of every task's
+        scores on the host; not with a mesh; the chunk sizes do not apply), or "auto":
+        sort where k is close to M (module docstring: the measured crossover), else
+        stream.
 
     Returns:
       values[T, k] float32 scores, best first, and indices[T, k] int32 rows of
       ``model_vecs``; among equal scores the lower index comes first. Exact: a full sort
-      of the same scores gives the same lists. The scores may differ from `score_matrix`
-      in the last bit (float32 sums the bias inside the matmul, in another order).
+      of the same scores gives the same lists. The streaming path's scores may differ
+      from `score_matrix` (and from the sort path's) in the last bit: in float32 it sums
+      the bias inside the matmul, in another order. JAX arrays from the streaming path,
+      NumPy arrays from the sort path.
     """
     model_vecs, task_vecs, model_bias, task_bias = _check_inputs(
         model_vecs, task_vecs, model_bias, task_bias)
@@ -347,6 +456,14 @@ def top_k(model_vecs, task_vecs, k, *, model_bias=None, task_bias=None, chunk_si
     if k > num_models:
         raise ValueError(f"k: expected at most M={num_models} (the number of models), "
                          f"got {k}")
+    if algorithm not in _ALGORITHMS:
+        raise ValueError(f"algorithm: expected one of {_ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "sort" and mesh is not None:
+        raise ValueError("algorithm: 'sort' runs on one device; give no mesh")
+    if algorithm == "sort" or (algorithm == "auto" and mesh is None
+                               and _sort_is_faster(k, num_models)):
+        return _top_k_by_sort(model_vecs, model_bias, task_vecs, task_bias, k=k,
+                              dtype=_check_dtype(dtype))
     device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
     given = dict(chunk_size=chunk_size, task_chunk_size=task_chunk_size,
                  block_size=block_size)
@@ -409,12 +526,36 @@ def _rank_scores(model_vecs, task_vec, model_bias):
 
 
 def _descending_order(scores):
-    """Indices sorting float32 scores[M] best first, equal scores by lower index.
+    """Indices sorting float32 scores[..., M] best first along the last axis, equal scores
+    by lower index: order[..., M] int32."""
+    return _descending_keys(scores).astype(np.int32)  # the low 32 bits: the index
 
-    One sort of distinct int64 keys: the float's bits mapped to an int that orders like
-    the float (negatives have their magnitude bits flipped), negated, above the index.
+
+def _descending_keys(scores):
+    """The sorted int64 keys[..., M] of float32 scores[..., M]: best first, equal scores
+    by lower index.
+
+    One sort of distinct keys: the float's bits mapped to an int that orders like the
+    float (negatives have their magnitude bits flipped), negated, above the index. The
+    keys are built in int32 and shifted in place, so a row costs little beside its sort
+    (NumPy's int64 sort is vectorised where the CPU allows). `_key_scores` reads the
+    scores back.
     """
-    bits = scores.view(np.int32).astype(np.int64)
-    ascending = np.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    keys = ((-ascending - 1) << 32) | np.arange(scores.size, dtype=np.int64)
-    return (np.sort(keys) & 0xFFFFFFFF).astype(np.int32)
+    bits = scores.view(np.int32)
+    descending = ~(bits ^ ((bits >> 31) & 0x7FFFFFFF))  # = -ascending - 1, fits int32
+    keys = descending.astype(np.int64)
+    keys <<= 32
+    keys |= np.arange(scores.shape[-1], dtype=np.int64)
+    keys.sort(axis=-1)
+    return keys
+
+
+def _key_scores(keys):
+    """The float32 scores[..., N] that keys[..., N] of `_descending_keys` were made of:
+    sequential passes, where gathering the scores by index would jump around."""
+    bits = (keys >> 32).astype(np.int32)
+    np.invert(bits, out=bits)  # ascending
+    flips = bits >> 31
+    flips &= 0x7FFFFFFF
+    bits ^= flips
+    return bits.view(np.float32)

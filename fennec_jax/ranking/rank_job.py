@@ -3,6 +3,7 @@
 Layout under ``out``::
 
     rankings.csv                     benchmark,task,rank,model,predicted_score,observed,measured_score
+    rankings.parquet                 the same rows and columns, typed (``formats``)
     summary.json                     per benchmark: models, tasks, leave-one-task-out check
     checkpoints/<benchmark>/         the fitted method state (orbax, written by method.save)
     parts/<benchmark>/job.json       the arguments that made this folder's parts
@@ -17,7 +18,9 @@ deviation), ``observed`` true where the records hold a measured score, which is 
 ``RankJob.lower_is_better``). The methods here give no intervals, so the table's interval
 columns are left out.
 
-``rankings.csv`` is written as soon as every benchmark is ranked, before the
+``rankings.csv`` and ``rankings.parquet`` (one row group per shard) are assembled from the
+shards, streamed (:mod:`fennec_jax.ranking.outputs`: memory bounded by a shard) as soon as every
+benchmark is ranked, before the
 leave-one-task-out check (``evaluate`` with ``TasksOut(probes=(k,), seeds)``, history = the
 other targets). The check leaves out target tasks with fewer than k + 2 evaluated models (k
 probes and two to rank), as targets and as history, and says so in ``summary.json``; with
@@ -26,7 +29,8 @@ fewer than two target tasks left there is no check.
 Every file is written atomically (temp file + rename; orbax does the same for checkpoints).
 A run restarted with the same arguments reuses the checkpoint (its checksum is verified) and
 every finished shard, and produces the same output; a part folder made with other arguments
-(or by an older layout of the parts) is cleared first.
+(or by an older layout of the parts) is cleared first. The output formats are not part of the
+arguments: a finished run restarted with another format only assembles that file.
 """
 
 from __future__ import annotations
@@ -40,18 +44,25 @@ import shutil
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 import fennec_jax
 from fennec_jax.core import atomic_io
 from fennec_jax.core.records import Benchmark
 from fennec_jax.eval import protocol
 from fennec_jax.methods.base import RankingMethod
+from fennec_jax.ranking import outputs
 from fennec_jax.ranking.rank import oriented, rank_tasks, task_shards
 
 __all__ = ["RankJob", "run_rank_job", "COLUMNS", "HEADER"]
 
 COLUMNS = ("rank", "model", "predicted_score", "observed", "measured_score")
 HEADER = ("benchmark", "task", *COLUMNS)
+# rankings.parquet's columns: the CSV's, typed (an empty measured_score is null).
+_SCHEMA = pa.schema([("benchmark", pa.string()), ("task", pa.string()), ("rank", pa.int64()),
+                     ("model", pa.string()), ("predicted_score", pa.float64()),
+                     ("observed", pa.bool_()), ("measured_score", pa.float64())])
 _PARTS_FORMAT = 2  # the layout of parts/: parts of another layout are not reused
 
 
@@ -160,21 +171,37 @@ def _self_check(bench: Benchmark, method: RankingMethod, job: RankJob, log: Call
     return {**check, "note": "; ".join(notes)}
 
 
+def _shard_paths(benchmarks: Sequence[Benchmark], out: str) -> list[str]:
+    """Every benchmark's shard files, in output order."""
+    paths = []
+    for bench in benchmarks:
+        part_dir = os.path.join(out, "parts", bench.name)
+        paths += [os.path.join(part_dir, n) for n in sorted(os.listdir(part_dir)) if n.startswith("shard-")]
+    return paths
+
+
+def _read_shard(path: str) -> pa.Table:
+    """One CSV shard as an Arrow table of ``_SCHEMA``."""
+    convert = pa_csv.ConvertOptions(column_types=_SCHEMA, true_values=["true"], false_values=["false"])
+    return pa_csv.read_csv(path, convert_options=convert)
+
+
 def run_rank_job(benchmarks: Sequence[Benchmark], method: RankingMethod, job: RankJob, out: str,
-                 log: Callable[[str], None] = lambda msg: None) -> dict:
-    """Runs (or resumes) the job: ranks, writes ``rankings.csv``, runs the check, writes
-    ``summary.json``; returns the summary."""
+                 log: Callable[[str], None] = lambda msg: None, formats: Sequence[str] = ("csv",)) -> dict:
+    """Runs (or resumes) the job: ranks, writes ``rankings.csv`` and/or ``rankings.parquet``
+    (``formats``, a subset of :data:`~fennec_jax.ranking.outputs.FORMATS`), runs the check, writes ``summary.json``;
+    returns the summary."""
+    if not formats or any(f not in outputs.FORMATS for f in formats):
+        raise ValueError(f"formats: expected one or more of {outputs.FORMATS}, got {tuple(formats)}")
     benchmarks = [oriented(bench, job.lower_is_better) for bench in benchmarks]
     summary = {"method": job.method, "job": job.key(),
                "benchmarks": {bench.name: _rank_benchmark(bench, method, job, out, log) for bench in benchmarks}}
-    lines = [",".join(HEADER) + "\n"]
-    for bench in benchmarks:
-        part_dir = os.path.join(out, "parts", bench.name)
-        for name in sorted(n for n in os.listdir(part_dir) if n.startswith("shard-")):
-            with open(os.path.join(part_dir, name), encoding="utf-8") as f:
-                lines.extend(f.readlines()[1:])
-    atomic_io.write_text(os.path.join(out, "rankings.csv"), "".join(lines))
-    summary["rows"] = len(lines) - 1
+    shards = _shard_paths(benchmarks, out)
+    if "csv" in formats:
+        summary["rows"] = outputs.concat_csv(os.path.join(out, "rankings.csv"), HEADER, shards)
+    if "parquet" in formats:
+        summary["rows"] = outputs.write_parquet(os.path.join(out, "rankings.parquet"), _SCHEMA,
+                                                map(_read_shard, shards))
     for bench in benchmarks:
         loto_path = os.path.join(out, "parts", bench.name, "loto.json")
         if not os.path.exists(loto_path):
