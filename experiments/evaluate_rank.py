@@ -9,7 +9,11 @@ its 64 examples, timed: the seconds per new task). Scored against the task's mea
 fine-tune accuracies: weighted tau, Kendall, top-1 regret, and the coverage of the 80 %
 intervals. Rows: the zoo at k = 0 (proxy only) and with ``--probes`` random probes (3 seeds);
 ``popularity``; and ``spider`` with proxy task tokens (the class means of the proxy features,
-as Model Spider's task encoder gives it), fitted on the same history. Mean ± standard error
+as Model Spider's task encoder gives it), fitted on the same history. With ``--rerank=R``
+(default 10; 0 skips): the zoo's k = 0 ranking with its top R re-ranked by forward passes of the
+models' real weights (``rank --rerank``; the default zoo's weights, pre-trained on first use),
+at the default blend weight 0.5 and at 1 (the estimator alone orders the top R), and the
+estimator over every model (``--rerank_estimator``, LogME by default). Mean ± standard error
 over tasks. Writes OUT/report.json and OUT/report.md.
 """
 
@@ -24,6 +28,8 @@ from experiments import cli
 _TASKS = flags.DEFINE_list("tasks", None, "Held-out tasks (default: all 20).")
 _PROBES = flags.DEFINE_integer("probes", 3, "k for the with-probes row.", lower_bound=1)
 _PROBE_SEEDS = flags.DEFINE_integer("probe_seeds", 3, "Random probe draws per task.", lower_bound=1)
+_RERANK = flags.DEFINE_integer("rerank", 10, "Re-rank the zoo's top R with forward passes (0: skip).", lower_bound=0)
+_RERANK_ESTIMATOR = flags.DEFINE_string("rerank_estimator", "logme", "Estimator of the re-ranking rows.")
 _OUT = flags.DEFINE_string("out", "runs/evaluate_rank", "Output folder.")
 
 
@@ -51,7 +57,7 @@ def main():
     from fennec_jax.core.evidence import TaskEvidence
     from fennec_jax.encoders.proxy import task_embedding
     from fennec_jax.methods.base import get_method
-    from fennec_jax.zoo import default
+    from fennec_jax.zoo import default, rerank
     from fennec_jax.zoo.zoo import fit_zoo, load_proxy
 
     records = default._records()
@@ -65,6 +71,11 @@ def main():
     held = _TASKS.value or list(records.tasks)
     rows = {"fennec zoo k=0 (proxy)": [], f"fennec zoo k={_PROBES.value} (proxy + probes)": [], "popularity": [],
             "spider (proxy class-mean tokens)": []}
+    estimator, depth = _RERANK_ESTIMATOR.value, _RERANK.value
+    reranked = {f"zoo k=0 + rerank top {depth} ({estimator}, weight {w})": w for w in (rerank.DEFAULT_WEIGHT, 1.0)}
+    if depth:
+        entries = rerank.read_weights_dir(default.default_weights(log=print))
+        rows.update({name: [] for name in reranked}, **{f"{estimator} (every model)": []})
     seconds, fit_seconds = [], []
     for i, name in enumerate(held):
         if name not in records.tasks:
@@ -83,6 +94,17 @@ def main():
         table = ranking.table
         rows["fennec zoo k=0 (proxy)"].append(_scores(true, table.predicted[observed], table.low[observed],
                                                       table.high[observed]))
+        if depth:
+            feats = rerank.candidate_features([entries[m] for m in records.models], data[name])
+            every = rerank.estimator_scores(estimator, feats, data[name].labels)
+            rows[f"{estimator} (every model)"].append(_scores(true, every[observed]))
+            chosen = rerank.candidates(ranking, depth, entries)
+            top = rerank.estimator_scores(estimator, [feats[i] for i in chosen], data[name].labels)
+            for label, weight in reranked.items():
+                order = rerank.reorder(ranking, chosen, top, weight=weight).table.order()
+                position = np.empty(len(order))
+                position[order] = np.arange(len(order))
+                rows[label].append(_scores(true, -position[observed]))
         probe_rows = []
         for seed in range(_PROBE_SEEDS.value):
             picks = np.random.default_rng([seed, t]).choice(np.flatnonzero(observed), _PROBES.value, replace=False)

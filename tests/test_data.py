@@ -1,6 +1,7 @@
 """Records loading and validation: every bad input names file, line and problem."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -188,3 +189,31 @@ def test_nas_bench_graph_benchmarks():
     assert b.records.mask.all() and b.records.model_meta["params"].shape == (26206,)
     p = load_benchmark("nas_bench_graph_proteins")
     assert p.targets == ("proteins",) and p.records.num_models == 2021
+
+
+def test_scores_in_mixed_units_within_a_task_warn_naming_the_task(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text("model,cifar,pets\na,0.91,88.0\nb,93.5,0.89\nc,89.0,90.5\n")
+    with pytest.warns(UserWarning) as caught:
+        records = load_records(str(path))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert messages[0] == (f"{path}: task 'cifar' has 1 score(s) in [0, 1] and 2 in [89, 93.5], as if fractions "
+                           f"and percentages were mixed; expected one unit per task (e.g. multiply the fractions by 100)")
+    assert messages[1].startswith(f"{path}: task 'pets' has 1 score(s) in [0, 1] and 2 in [88, 90.5]")
+    assert records.scores[0, 0] == 0.91  # loaded as given: the warning leaves the fix to the user
+
+
+@pytest.mark.parametrize("scores", [
+    "0.008,1.2,35.0,60.0",  # a model at 0.8 % top-1 among others from 1.2 %: a real spread, no gap
+    "1,2,3,4",  # ranks
+    "0.2,0.5,0.9,1.0",  # fractions only
+    "12.0,55.5,80.0,99.0",  # percentages only
+    "0.5,120.0,300.0,800.0",  # beyond 100: not percentages
+])
+def test_one_unit_per_task_loads_without_warning(tmp_path, scores):
+    path = tmp_path / "one_unit.csv"
+    path.write_text("model,task,score\n" + "".join(f"m{i},t,{s}\n" for i, s in enumerate(scores.split(","))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_records(str(path))

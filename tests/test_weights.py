@@ -241,8 +241,25 @@ def test_safetensors_roundtrip_and_bad_offsets(tmp_path):
         np.testing.assert_array_equal(back[key], tensors[key])
     header = json.dumps({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
-    with pytest.raises(ValueError, match="expected 16 bytes"):
+    with pytest.raises(ValueError, match=r"t.safetensors: not a valid safetensors file \(.*offset"):
         weights.read_safetensors(path)
+
+
+def test_safetensors_float8_and_big_endian_through_the_library(tmp_path):
+    # float8 is the one part read by hand (safetensors' NumPy API has no float8); big-endian arrays
+    # are stored little-endian by the library. Tensors come back in the order of their bytes.
+    tensors = {"e4m3": np.array([0.5, -2.0, 448.0], ml_dtypes.float8_e4m3fn),
+               "big": np.arange(3, dtype=">i4"), "e5m2": np.array([[1.0, -0.25]], ml_dtypes.float8_e5m2),
+               "f32": np.linspace(0, 1, 5, dtype=np.float32)}
+    path = tmp_path / "f8.safetensors"
+    weights.write_safetensors(path, tensors)
+    back = weights.read_safetensors(path)
+    assert sorted(back) == sorted(tensors)
+    for name, value in tensors.items():
+        assert back[name].dtype == value.dtype.newbyteorder("=") and np.array_equal(back[name], value), name
+    with pytest.raises(ValueError, match=r"tensors\['obj'\]: dtype object has no safetensors name"):
+        weights.write_safetensors(tmp_path / "bad.safetensors", {"obj": np.array([None])})
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 # ------------------------------------------------------------------ layout, layer by layer

@@ -565,13 +565,14 @@ def load_jsonl(path: str | os.PathLike) -> list[ArchGraph]:
         out of range or a non-numeric attribute.
     """
     graphs, dropped, extras = [], collections.Counter(), {}
-    with open(path, encoding="utf-8") as stream:
-        for lineno, line in enumerate(stream, 1):
-            if line.strip():
-                try:
+    with open(path, "rb") as stream:
+        for lineno, raw in enumerate(stream, 1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
                     graphs.append(_graph_from_record(json.loads(line), dropped, extras))
-                except (ValueError, TypeError, KeyError) as exc:
-                    raise ValueError(f"{path}:{lineno}: {_describe(exc)}") from exc
+            except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+                raise ValueError(f"{path}:{lineno}: {_describe(exc)}") from None
     if dropped:
         _log.warning("%s: dropped unknown attribute names: %s", path, dict(dropped))
     kept = sorted(set().union(*extras))
@@ -581,11 +582,15 @@ def load_jsonl(path: str | os.PathLike) -> list[ArchGraph]:
 
 
 def _describe(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1} is not UTF-8; expected a UTF-8 JSON object"
     if isinstance(exc, json.JSONDecodeError):
-        return f"bad JSON ({exc.msg} at column {exc.colno})"
+        return f"bad JSON ({exc.msg} at column {exc.colno}); expected one JSON object per line"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply; expected {\"model\": ..., \"nodes\": [...], \"edges\": [...]}"
     if isinstance(exc, KeyError):
-        return f"missing key {exc.args[0]!r}"
-    return str(exc)
+        return f"missing key {exc.args[0]!r}; expected keys model, nodes, edges (nodes with op)"
+    return " ".join(str(exc).split())[:300]
 
 
 def _graph_from_record(record: Any, dropped: collections.Counter, extras: dict) -> ArchGraph:

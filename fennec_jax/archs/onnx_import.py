@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fennec_jax.archs import graphs
+from fennec_jax.core.errors import describe
 
 __all__ = ["from_onnx"]
 
@@ -139,7 +140,8 @@ def from_onnx(model: Any, name: str | None = None) -> graphs.ArchGraph:
 
     Raises:
       ImportError: the optional ``onnx`` package is missing.
-      ValueError: the file is not an ONNX model, or no output depends on a graph input.
+      ValueError: naming the file (or ``model``): it is not an ONNX model, its graph is inconsistent
+        (an undefined input, a malformed attribute), or no output depends on a graph input.
     """
     try:
         import onnx
@@ -148,15 +150,16 @@ def from_onnx(model: Any, name: str | None = None) -> graphs.ArchGraph:
         raise ImportError("from_onnx needs the optional 'onnx' package: pip install 'fennec_jax[onnx]'") from exc
 
     if isinstance(model, (str, os.PathLike)):
-        default_name = os.path.splitext(os.path.basename(os.fspath(model)))[0]
+        source = os.fspath(model)
+        default_name = os.path.splitext(os.path.basename(source))[0]
         try:
-            model = onnx.load(os.fspath(model))
+            model = onnx.load(source)
         except FileNotFoundError:
             raise
         except Exception as exc:  # protobuf raises its own DecodeError types.
-            raise ValueError(f"{os.fspath(model)}: not a readable ONNX model ({exc})") from exc
+            raise ValueError(f"{source}: not a readable ONNX model ({describe(exc)})") from None
     elif isinstance(model, onnx.ModelProto):
-        default_name = ""
+        source, default_name = "model", ""
     else:
         raise ValueError(f"model: expected an onnx.ModelProto or a path, got {type(model).__name__}")
     try:
@@ -165,7 +168,16 @@ def from_onnx(model: Any, name: str | None = None) -> graphs.ArchGraph:
         _log.warning("ONNX shape inference failed (%s); importing without inferred shapes", exc)
     graph = model.graph
     name = name or graph.name or default_name or "onnx_model"
+    try:
+        return _import_graph(graph, name, onnx, numpy_helper)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as exc:
+        # A model that parses but whose graph is inconsistent (undefined inputs, bad attributes).
+        raise ValueError(f"{source}: not a valid ONNX graph ({describe(exc)}); expected a model whose "
+                         f"outputs are computed from its inputs (onnx.checker.check_model tells what is wrong)") from None
 
+
+def _import_graph(graph: Any, name: str, onnx: Any, numpy_helper: Any) -> graphs.ArchGraph:
+    """The layer graph of the ONNX ``graph`` (see :func:`from_onnx`)."""
     builder = graphs.LayerGraphBuilder()
     shapes = {info.name: _dims(info) for info in (*graph.input, *graph.value_info, *graph.output)}
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}

@@ -7,6 +7,7 @@ under umask 022), not ``tempfile.mkstemp``'s 0o600, so others can read what a jo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,9 +15,9 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
-__all__ = ["write_bytes", "write_text", "write_json", "write_csv", "write_folder"]
+__all__ = ["replacing", "write_bytes", "write_text", "write_json", "write_csv", "write_folder"]
 
 
 def _create_temp(folder: str, name: str) -> tuple[int, str]:
@@ -30,21 +31,29 @@ def _create_temp(folder: str, name: str) -> tuple[int, str]:
             continue
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` atomically (parent folders are created)."""
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A temporary file beside ``path`` (empty, the umask's mode) for a writer that takes a
+    path (``with replacing(p) as tmp: writer(tmp)``); when the block ends without error it is
+    synced and renamed over ``path`` (parent folders are created), otherwise removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _create_temp(folder, os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically (parent folders are created)."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_text(path: str, text: str) -> None:

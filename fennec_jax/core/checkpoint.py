@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
 import orbax.checkpoint as ocp
 
 import fennec_jax
+from fennec_jax.core.errors import describe
 
 __all__ = ["CheckpointError", "save_arrays", "restore_arrays", "stored_format", "arrays_checksum"]
 
@@ -71,7 +73,10 @@ def restore_arrays(path: str, fmt: str, kind: str) -> tuple[dict, dict[str, np.n
         expected = {name: (np.dtype(dtype), tuple(shape)) for name, (dtype, shape) in meta["arrays"].items()}
         stored = checkpointer.restore(path, args=ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: unreadable arrays, truncated or corrupted ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: unreadable arrays, truncated or corrupted ({describe(e)})") from None
+    missing = [name for name, (_, shape) in expected.items() if name not in stored and math.prod(shape)]
+    if missing:  # only zero-size arrays are left out when saving (checked before allocating them)
+        raise CheckpointError(f"{path}: array {missing[0]!r} is missing; the checkpoint is corrupted")
     arrays = {name: np.asarray(stored[name]) if name in stored else np.zeros(shape, dtype)
               for name, (dtype, shape) in expected.items()}
     stored.pop(_PLACEHOLDER, None)
@@ -100,7 +105,7 @@ def _read_meta(path: str, checkpointer: ocp.Checkpointer):
     try:
         return checkpointer.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001 - any orbax/JSON failure means an unreadable checkpoint
-        raise CheckpointError(f"{path}: unreadable checkpoint metadata ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint metadata ({describe(e)})") from None
 
 
 def arrays_checksum(meta: dict, arrays: dict[str, np.ndarray]) -> str:

@@ -28,10 +28,13 @@ import dataclasses
 import io
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from fennec_jax.core.errors import describe
 
 __all__ = [
     "RecordsError",
@@ -302,10 +305,11 @@ def _read_table(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
             raise RecordsError(f"{path}: reading Parquet needs pyarrow ({e})") from None
         try:
             table = pq.read_table(path)
+            header = [str(c) for c in table.column_names]
+            columns = [table.column(i).to_pylist() for i in range(len(header))]
         except Exception as e:  # noqa: BLE001 - any pyarrow failure is a bad file
-            raise RecordsError(f"{path}: not a readable Parquet file ({e})") from None
-        header = [str(c) for c in table.column_names]
-        columns = [table.column(i).to_pylist() for i in range(len(header))]
+            raise RecordsError(f"{path}: not a readable Parquet file ({describe(e)}); expected a table with "
+                               f"columns model,task,score (or a wide table)") from None
         rows = [(i + 1, ["" if v is None else str(v) for v in row]) for i, row in enumerate(zip(*columns))]
         if not header:
             raise RecordsError(f"{path}: empty file (no columns)")
@@ -465,7 +469,10 @@ def load_records(
       task_meta: optional metadata file with a ``task`` column.
 
     Returns:
-      Records with tasks and models in order of first appearance.
+      Records with tasks and models in order of first appearance. A task whose scores look
+      like fractions and percentages mixed (all in [0, 100], some in [0, 1], the others well
+      above 1 and in the range of the first times 100) loads with a UserWarning naming the file
+      and the task.
 
     Raises:
       RecordsError: naming file, line and problem for: a missing file, a file that is not
@@ -500,11 +507,27 @@ def load_records(
         counts=counts,
         splits=splits,
     )
+    _warn_mixed_units(path, records)
     if model_meta is not None:
         records = attach_metadata(records, load_metadata(model_meta, "model", records.models), "model")
     if task_meta is not None:
         records = attach_metadata(records, load_metadata(task_meta, "task", records.tasks), "task")
     return records
+
+
+def _warn_mixed_units(path: str, records: Records) -> None:
+    """A UserWarning naming each task whose scores look like fractions and percentages mixed:
+    all in [0, 100], some in [0, 1] and the others above 10 times the largest of those, and the
+    fractions times 100 reach the others' range. A real spread does not leave that gap (a model
+    at 0.8 % top-1 beside others from 1.2 %), and ranks 1, 2, ... neither."""
+    for t, task in enumerate(records.tasks):
+        values = records.scores[t, records.mask[t]]
+        small, large = values[values <= 1], values[values > 1]
+        if (small.size and large.size and values.min() >= 0 and values.max() <= 100
+                and large.min() > 10 * small.max() and 100 * small.max() >= large.min()):
+            warnings.warn(f"{path}: task {task!r} has {small.size} score(s) in [0, 1] and {large.size} in "
+                          f"[{large.min():g}, {large.max():g}], as if fractions and percentages were mixed; "
+                          f"expected one unit per task (e.g. multiply the fractions by 100)", UserWarning, stacklevel=3)
 
 
 def load_metadata(path: str, key: str, known: Sequence[str] | None = None) -> dict[str, dict[str, str]]:

@@ -73,7 +73,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acce
             return self._substitutes[key]
         if key not in self._allowed:
             raise UnsafePickleError(
-                f"{self._source}: refused to load global {module}.{name}: it is not in "
+                f"{self._source}: refused to load global {f'{module}.{name}'!r:.200}: it is not in "
                 f"the allowlist {sorted(self._allowed)}"
             )
         obj = importlib.import_module(module)

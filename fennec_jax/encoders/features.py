@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
@@ -30,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fennec_jax.core import atomic_io
+from fennec_jax.core.npz import read_npz
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -386,11 +386,7 @@ def load_features(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
     """Reads a file written by `save_features`: ``(features[N, D], labels[N] int32,
     probs[N, Cs] or None)``. ValueError naming ``path`` if it is not such a file, a key is
     missing or unexpected, the row counts differ, or a value is NaN or infinite."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable .npz feature file ({error})") from None
+    arrays = read_npz(path)
     missing = [key for key in ("features", "labels") if key not in arrays]
     unexpected = sorted(set(arrays) - set(_FEATURE_KEYS))
     if missing or unexpected:

@@ -12,8 +12,9 @@ Reading (every reader returns ``state_dict: dict[str, np.ndarray]`` or a tree ho
   numpy stand-ins, so torch is never imported. Any other global (a pickled module, a
   ``os.system`` gadget) raises :class:`~fennec_jax.core.safe_pickle.UnsafePickleError` before
   anything is imported or called. Tensors are bounds-checked against their storage.
-- safetensors files: the 8-byte little-endian header length, the JSON header, then the raw
-  buffers, parsed here (:func:`read_safetensors`, :func:`write_safetensors`).
+- safetensors files, read and written with the ``safetensors`` package's NumPy API
+  (:func:`read_safetensors`, :func:`write_safetensors`); float8 tensors, which that API
+  cannot return, are read here at the offsets the library validated.
 
 Layout (:func:`to_flax`): a Flax variable tree is filled from a state dict by naming each Flax
 leaf with its PyTorch key (:func:`torch_key`): module paths are joined with dots, and the leaf
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
+import math
 import os
 import struct
 import zipfile
@@ -46,17 +47,21 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 from flax import traverse_util
 
 from fennec_jax.archs import architectures
 from fennec_jax.core import atomic_io
 from fennec_jax.core import safe_pickle
+from fennec_jax.core.errors import describe
 
 __all__ = [
     "TORCH_GLOBALS",
     "CheckpointMismatchError",
     "read_torch",
     "read_safetensors",
+    "from_flax",
     "write_safetensors",
     "read_state_dict",
     "torch_key",
@@ -204,29 +209,42 @@ def _storage_array(data: bytes, dtype: np.dtype, numel: int, key: str, source: s
 
 
 def _read_zip(data: bytes, source: str):
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - zipfile raises many types for a corrupt directory
+        raise ValueError(f"{source}: not a readable zip archive ({describe(exc)}); expected a file written by "
+                         f"torch.save") from None
+
+    def read(name: str) -> bytes:
+        try:
+            return archive.read(name)
+        except KeyError:
+            raise ValueError(f"{source}: {name} is missing from the archive") from None
+        except Exception as exc:  # noqa: BLE001 - zipfile / zlib errors of a damaged member
+            raise ValueError(f"{source}: zip member {name} is unreadable ({describe(exc)})") from None
+
+    with archive:
         names = archive.namelist()
+        unsafe = [n for n in names if n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/")]
+        if unsafe:  # never extracted, but no torch.save writes such names: refuse the archive
+            raise ValueError(f"{source}: refused a zip member named {unsafe[0]!r:.200} (an absolute path or one "
+                             f"with '..'); expected a torch.save archive")
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise ValueError(f"{source}: a torch zip checkpoint has one <root>/data.pkl, found {pickles}")
         root = pickles[0][: -len("data.pkl")]
-        if f"{root}byteorder" in names and archive.read(f"{root}byteorder").strip() != b"little":
+        if f"{root}byteorder" in names and read(f"{root}byteorder").strip() != b"little":
             raise ValueError(f"{source}: big-endian checkpoints are not supported")
         collector = _StorageCollector(source)
         obj = safe_pickle.load_stream(
-            io.BytesIO(archive.read(pickles[0])),
+            io.BytesIO(read(pickles[0])),
             TORCH_GLOBALS,
             source=source,
             substitutes=_TORCH_SUBSTITUTES,
             persistent_load=collector,
         )
-        storages = {}
-        for key, (dtype, numel) in collector.root_sizes.items():
-            try:
-                raw = archive.read(f"{root}data/{key}")
-            except KeyError:
-                raise ValueError(f"{source}: storage {root}data/{key} is missing from the archive") from None
-            storages[key] = _storage_array(raw, dtype, numel, key, source)
+        storages = {key: _storage_array(read(f"{root}data/{key}"), dtype, numel, key, source)
+                    for key, (dtype, numel) in collector.root_sizes.items()}
     return _materialise(obj, storages, source)
 
 
@@ -271,14 +289,16 @@ def read_torch(path: str | os.PathLike):
 
     Raises:
       UnsafePickleError: the pickle references a global outside :data:`TORCH_GLOBALS`.
-      ValueError: not a torch checkpoint, corrupt, truncated, or a tensor outside its storage.
+      ValueError: one line naming the file: not a torch checkpoint, corrupt, truncated, a zip
+        member named with an absolute path or ``..``, or a tensor outside its storage.
     """
     source = os.fspath(path)
     with open(path, "rb") as file:
         data = file.read()
-    if data.startswith(b"PK\x03\x04"):
-        return _read_zip(data, source)
-    return _read_legacy(data, source)
+    try:
+        return _read_zip(data, source) if data.startswith(b"PK\x03\x04") else _read_legacy(data, source)
+    except RecursionError:  # a pickle nesting lists millions deep
+        raise ValueError(f"{source}: objects nested too deeply; expected a file written by torch.save") from None
 
 
 # ------------------------------------------------------------------------------ safetensors
@@ -301,74 +321,58 @@ _SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
 }
 _SAFETENSORS_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
-_MAX_HEADER_BYTES = 100_000_000
+# The dtypes safetensors' NumPy API returns itself; it cannot return the float8 ones (numpy has no
+# float8 type, and the library looks them up in numpy), so those are read here, with ml_dtypes.
+_LIBRARY_DTYPES = frozenset(_SAFETENSORS_DTYPES) - {"F8_E4M3", "F8_E5M2"}
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``name -> array`` of a ``.safetensors`` file, in the header's order (``__metadata__`` skipped).
+    """``name -> array`` of a ``.safetensors`` file, in the order of their bytes in the file
+    (``__metadata__`` skipped), read with the ``safetensors`` package.
 
-    Arrays are writable views of one buffer holding the file. ValueError for a malformed header,
-    an unknown dtype, or a buffer whose size does not match its shape or that lies outside the file.
+    The library checks the header before anything is allocated (its size, at most 100 MB, and
+    every tensor's bytes against its shape and dtype and against the file: the buffer must be
+    covered exactly). float8 tensors, which its NumPy API cannot return, are read from the file
+    at the offsets it validated. ValueError naming the file for anything that is not a
+    safetensors file or holds a dtype outside ``F64 ... BOOL``, ``BF16``, ``F8_E4M3``, ``F8_E5M2``.
     """
     source = os.fspath(path)
-    with open(path, "rb") as file:
-        data = bytearray(file.read())
-    if len(data) < 8:
-        raise ValueError(f"{source}: too short for a safetensors file ({len(data)} bytes)")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > min(len(data) - 8, _MAX_HEADER_BYTES):
-        raise ValueError(f"{source}: header length {header_len} does not fit the file ({len(data)} bytes)")
     try:
-        header = json.loads(data[8:8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{source}: header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{source}: header is not a JSON object")
-    buffer = memoryview(data)[8 + header_len:]
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(n) for n in entry["shape"])
-            begin, end = (int(n) for n in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"{source}: tensor {name!r} needs dtype (one of {sorted(_SAFETENSORS_DTYPES)}), shape and "
-                f"data_offsets; got {entry!r:.200}"
-            ) from None
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if min(shape, default=0) < 0 or not 0 <= begin <= end <= len(buffer) or end - begin != expected:
-            raise ValueError(
-                f"{source}: tensor {name!r} ({entry['dtype']}{list(shape)}) has bytes [{begin}, {end}) of a "
-                f"{len(buffer)}-byte buffer, expected {expected} bytes"
-            )
-        tensors[name] = np.frombuffer(buffer[begin:end], dtype).reshape(shape)
+        with open(source, "rb") as file:
+            head = file.read(8)
+        with safetensors.safe_open(source, framework="np") as file:
+            tensors, offset = {}, 8 + struct.unpack("<Q", head)[0]
+            for name in file.offset_keys():
+                view = file.get_slice(name)
+                code, shape = view.get_dtype(), tuple(view.get_shape())
+                if code not in _SAFETENSORS_DTYPES:
+                    raise ValueError(f"{source}: tensor {name!r} has dtype {code}; expected one of "
+                                     f"{', '.join(sorted(_SAFETENSORS_DTYPES))}")
+                dtype, count = _SAFETENSORS_DTYPES[code], math.prod(shape)
+                if code in _LIBRARY_DTYPES:
+                    tensors[name] = file.get_tensor(name)
+                else:  # bytes [offset, offset + size) of this tensor: the library checked they are its own
+                    tensors[name] = np.fromfile(source, dtype, count, offset=offset).reshape(shape)
+                offset += count * dtype.itemsize
+    except safetensors.SafetensorError as exc:
+        raise ValueError(f"{source}: not a valid safetensors file ({describe(exc)}); expected an 8-byte header "
+                         f"length, a JSON header and the tensors' bytes") from None
     return tensors
 
 
 def write_safetensors(
     path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Writes ``tensors`` (name -> array, C order, little-endian) as a safetensors file, atomically."""
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    buffers, offset = [], 0
+    """Writes ``tensors`` (name -> array; any byte order, stored little-endian) as a safetensors
+    file with the ``safetensors`` package, atomically."""
+    arrays = {}
     for name, value in tensors.items():
-        array = np.ascontiguousarray(value)
-        if array.dtype not in _SAFETENSORS_NAMES:
-            raise ValueError(f"tensors[{name!r}]: dtype {array.dtype} has no safetensors name")
-        raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {
-            "dtype": _SAFETENSORS_NAMES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(raw)],
-        }
-        buffers.append(raw)
-        offset += len(raw)
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # the format pads the header to 8-byte alignment
-    atomic_io.write_bytes(os.fspath(path), struct.pack("<Q", len(encoded)) + encoded + b"".join(buffers))
+        arrays[name] = np.ascontiguousarray(value)
+        if arrays[name].dtype.newbyteorder("=") not in _SAFETENSORS_NAMES:
+            raise ValueError(f"tensors[{name!r}]: dtype {arrays[name].dtype} has no safetensors name; expected one "
+                             f"of {', '.join(sorted(_SAFETENSORS_DTYPES))}")
+    data = safetensors.numpy.save(arrays, dict(metadata) if metadata else None)
+    atomic_io.write_bytes(os.fspath(path), data)
 
 
 def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
@@ -504,6 +508,23 @@ def to_flax(
     if missing or unexpected or wrong_shape:
         raise CheckpointMismatchError(source, missing, unexpected, wrong_shape)
     return traverse_util.unflatten_dict(values)
+
+
+def from_flax(variables: Mapping[str, Any], *, key_fn: Callable[[str, tuple[str, ...]], str] = torch_key
+              ) -> dict[str, np.ndarray]:
+    """The PyTorch-layout state dict of a Flax variable tree: the inverse of :func:`to_flax`.
+
+    ``to_flax(from_flax(v), v)`` gives ``v`` back; kernels ``[*spatial, I, O]`` become
+    ``weight[O, I, *spatial]``. For writing a model's weights where torchvision-layout
+    checkpoints are expected (:func:`write_safetensors`).
+    """
+    out = {}
+    for (collection, *path), leaf in traverse_util.flatten_dict(dict(variables)).items():
+        array = np.asarray(leaf)
+        if path[-1] == "kernel" and array.ndim >= 2:
+            array = np.transpose(array, (array.ndim - 1, array.ndim - 2, *range(array.ndim - 2)))
+        out[key_fn(collection, tuple(path))] = np.ascontiguousarray(array)
+    return out
 
 
 def load_torchvision(

@@ -14,7 +14,8 @@ Direction
 Rank key
     A model's measured score where the records hold one, else its predicted score: a measured
     result is a fact and is never hidden behind a prediction. Equal keys are ordered by model
-    name (ascending), so the order is deterministic.
+    name (ascending), so the order is deterministic. A re-ranker may fix the order instead
+    (``fixed_order``: ``rank --rerank`` re-orders the top of the list with forward passes).
 
 Columns of :meth:`RankingTable.rows` (:data:`COLUMNS`): ``rank`` (1 = best), ``model``,
 ``predicted_score`` (6 significant digits), ``interval_low`` and ``interval_high`` (the
@@ -57,6 +58,8 @@ class RankingTable:
         An interval around ``predicted`` (both or neither).
     lower_is_better : bool
         True where a lower score is better (rank 1 = lowest key).
+    fixed_order : ndarray of int, shape (M,), optional
+        Model indices best first, overriding the rank key (a permutation of ``range(M)``).
     """
 
     models: tuple[str, ...]
@@ -65,6 +68,7 @@ class RankingTable:
     low: np.ndarray | None = None
     high: np.ndarray | None = None
     lower_is_better: bool = False
+    fixed_order: np.ndarray | None = None
 
     def __post_init__(self):
         m = len(self.models)
@@ -78,6 +82,8 @@ class RankingTable:
                 raise ValueError(f"RankingTable.{name} has shape {np.shape(arr)}, expected (M,) = ({m},)")
         if not np.all(np.isfinite(self.predicted)):
             raise ValueError("RankingTable.predicted has non-finite values")
+        if self.fixed_order is not None and not np.array_equal(np.sort(self.fixed_order), np.arange(m)):
+            raise ValueError("RankingTable.fixed_order is not a permutation of the models' indices")
 
     @property
     def observed(self) -> np.ndarray:
@@ -86,6 +92,8 @@ class RankingTable:
 
     def order(self) -> np.ndarray:
         """``order[M]``: model indices best first (module docstring: rank key, direction, ties)."""
+        if self.fixed_order is not None:
+            return np.asarray(self.fixed_order)
         key = np.where(self.observed, self.measured, self.predicted)
         return np.lexsort((np.array(self.models), key if self.lower_is_better else -key))
 

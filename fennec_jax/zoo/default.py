@@ -10,6 +10,12 @@ one per package version.
 
 :func:`write_sample_task` writes a task the zoo has not seen (a new class subset of the
 digits) as an image folder, for ``./run.sh rank --task=FOLDER``.
+
+:func:`default_weights` gives the same 40 models' weights for ``rank --rerank``: they are
+pre-trained again exactly as the default build pre-trained them (same data, configuration and
+seeds; the build is deterministic), on first use (a few minutes on 2 CPU cores), and kept in the
+cache as a weights folder (:mod:`fennec_jax.zoo.rerank`: torchvision-layout safetensors files
+and ``architectures.csv``).
 """
 
 from __future__ import annotations
@@ -21,21 +27,32 @@ from collections.abc import Callable
 import numpy as np
 
 import fennec_jax
+from fennec_jax.core import atomic_io
 from fennec_jax.core.checkpoint import CheckpointError
 from fennec_jax.zoo.task_data import TaskData, balanced_subset, write_image_folder
 from fennec_jax.zoo.zoo import Zoo, ZooError, fit_zoo, load_zoo
 
-__all__ = ["default_zoo_path", "default_zoo", "builder_task_data", "write_sample_task", "SAMPLE_CLASSES"]
+__all__ = ["default_zoo_path", "default_zoo", "default_weights", "builder_task_data", "write_sample_task",
+           "SAMPLE_CLASSES"]
 
 IMAGE_SIZE = 16  # the default build's image side
 NUM_TARGETS = 20
 SAMPLE_CLASSES = (0, 3, 9)  # a digits subset that is none of the zoo's targets
 
 
+def _cache(kind: str) -> str:
+    cache = os.environ.get("FENNEC_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fennec_jax")
+    return os.path.join(cache, kind, f"builder-{fennec_jax.__version__}")
+
+
 def default_zoo_path() -> str:
     """Where the default zoo is cached: ``$FENNEC_JAX_CACHE/zoos/builder-VERSION``."""
-    cache = os.environ.get("FENNEC_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fennec_jax")
-    return os.path.join(cache, "zoos", f"builder-{fennec_jax.__version__}")
+    return _cache("zoos")
+
+
+def default_weights_path() -> str:
+    """Where the default zoo's weights are cached: ``$FENNEC_JAX_CACHE/weights/builder-VERSION``."""
+    return _cache("weights")
 
 
 def _records():
@@ -80,6 +97,40 @@ def default_zoo(log: Callable[[str], None] = lambda msg: None) -> Zoo:
     zoo = fit_zoo(records, task_data=builder_task_data(), proxy="mobilenet_v2", log=log)
     zoo.save(path, overwrite=True)
     return zoo
+
+
+def default_weights(log: Callable[[str], None] = lambda msg: None) -> str:
+    """The folder of the default zoo's model weights (module docstring): cached, or pre-trained
+    and written on first use; returns its path."""
+    import jax
+
+    from fennec_jax.benchmarks import builder
+    from fennec_jax.encoders import weights
+
+    path = default_weights_path()
+    if os.path.isfile(os.path.join(path, "architectures.csv")):
+        return path
+    spec, config = builder.ZooSpec(), builder.TrainConfig()
+    sources = builder.default_sources(_datasets())  # the default build's 8 sources, 600 examples each
+
+    names = iter(builder.model_names(spec, sources))  # family (outer) by source (inner)
+
+    def fill(folder: str) -> None:
+        rows = []
+        for family in spec.families:
+            log(f"pre-training the {len(sources)} {family} models of the default zoo (once; cached in {path})")
+            stacked = builder.pretrain_family(spec, family, sources, config)  # leaves [sources, ...]
+            for i, source in enumerate(sources):
+                name = next(names)
+                one = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[i]), stacked)
+                weights.write_safetensors(os.path.join(folder, f"{name}.safetensors"), weights.from_flax(one))
+                rows.append((name, family, spec.head_classes, spec.width, "unit", IMAGE_SIZE, source.num_classes))
+        atomic_io.write_csv(os.path.join(folder, "architectures.csv"),
+                            ("model", "architecture", "num_classes", "width", "preprocess", "image_size",
+                             "source_classes"), rows)
+
+    atomic_io.write_folder(path, fill, overwrite=True)
+    return path
 
 
 def write_sample_task(out: str, classes: tuple[int, ...] = SAMPLE_CLASSES, per_class: int = 30) -> str:

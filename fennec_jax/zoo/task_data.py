@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fennec_jax.core.npz import read_npz
+
 __all__ = ["TaskData", "TaskDataError", "IMAGE_SUFFIXES", "read_task", "balanced_subset", "write_image_folder"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -93,10 +95,9 @@ def _check_labels(where: str, labels: np.ndarray, n: int) -> np.ndarray:
 
 def _from_npz(path: str, max_examples: int) -> TaskData:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except Exception as err:  # zipfile / pickle / OS errors all mean "not a readable npz"
-        raise TaskDataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
+        arrays = read_npz(path)
+    except ValueError as err:
+        raise TaskDataError(str(err)) from None
     if "labels" not in arrays or not ({"images", "features"} & set(arrays)):
         raise TaskDataError(f"{path}: expected arrays 'labels' and either 'images' [N, H, W, 3] uint8 or "
                             f"'features' [N, P]; found {sorted(arrays)}")

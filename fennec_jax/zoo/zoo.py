@@ -16,15 +16,17 @@ new tasks from probes and metadata. It also calibrates the method on held-out hi
 
 On disk a zoo is one folder: ``manifest.json`` (format, package version, method, proxy,
 models, tasks: for people), ``arrays/`` (records, task embeddings and calibration as one
-checksummed orbax checkpoint, :mod:`fennec_jax.core.checkpoint`) and ``method/`` (the
-method's own checkpoint). It is written into a temporary folder and renamed when complete;
-loading refuses a zoo of another package version or format, and ranking refuses data
+checksummed orbax checkpoint, :mod:`fennec_jax.core.checkpoint`, with a copy of the manifest and
+the SHA-256 of the method's files) and ``method/`` (the method's own checkpoint). It is written
+into a temporary folder and renamed when complete; loading refuses a zoo of another package
+version or format, or one any part of which was damaged or edited, and ranking refuses data
 embedded by another proxy than the zoo's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -99,20 +101,31 @@ class TaskRanking:
     Attributes:
       task: the task's name.
       table: every model, predicted and measured scores, ``level`` intervals.
-      evidence: what the task vector came from (``proxy``, ``probes (k)``, ``metadata``).
+      evidence: what the task vector came from (``proxy``, ``probes (k)``, ``metadata``,
+        ``rerank``).
       level: the intervals' coverage on held-out history tasks (two-sided).
+      rerank_score: ``[M]`` the re-ranking estimator's score of each re-scored model, NaN
+        elsewhere (:mod:`fennec_jax.zoo.rerank`); None when not re-ranked.
     """
 
     task: str
     table: RankingTable
     evidence: str
     level: float
+    rerank_score: np.ndarray | None = None
 
-    columns = (*COLUMNS, "evidence")
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """:data:`~fennec_jax.ranking.table.COLUMNS`, ``evidence``, and ``rerank_score`` when re-ranked."""
+        return (*COLUMNS, "evidence") + (() if self.rerank_score is None else ("rerank_score",))
 
     def rows(self, top_k: int | None = None) -> list[tuple]:
         """The best ``top_k`` rows (all when None) as tuples of :attr:`columns`."""
-        return [(*row, self.evidence) for row in self.table.rows(top_k)]
+        rows = [(*row, self.evidence) for row in self.table.rows(top_k)]
+        if self.rerank_score is None:
+            return rows
+        extra = [self.rerank_score[i] for i in self.table.order()[:top_k]]
+        return [(*row, "" if np.isnan(x) else float(f"{x:.6g}")) for row, x in zip(rows, extra)]
 
     def top(self, k: int = 10) -> list[dict]:
         """The best ``k`` models as dicts keyed by :attr:`columns`."""
@@ -251,11 +264,10 @@ class Zoo:
 
     def save(self, path: str, *, overwrite: bool = False) -> None:
         """Writes the zoo folder ``path`` (see the module docstring), atomically."""
-        manifest = self._manifest()
-
         def fill(folder: str) -> None:
-            save_arrays(os.path.join(folder, "arrays"), FORMAT, manifest, self._arrays())
             self.method.save(self.state, os.path.join(folder, "method"))
+            manifest = self._manifest(_folder_digest(os.path.join(folder, "method")))
+            save_arrays(os.path.join(folder, "arrays"), FORMAT, manifest, self._arrays())
             atomic_io.write_json(os.path.join(folder, "manifest.json"), manifest)
 
         try:
@@ -263,9 +275,10 @@ class Zoo:
         except FileExistsError:
             raise ZooError(f"{os.path.abspath(path)}: already exists (choose another folder or pass --overwrite)") from None
 
-    def _manifest(self) -> dict:
+    def _manifest(self, method_digest: str) -> dict:
         cal = self.calibration
-        return {"format": FORMAT, "fennec_jax_version": fennec_jax.__version__, "method": self.method_spec, "proxy": self.proxy,
+        return {"format": FORMAT, "fennec_jax_version": fennec_jax.__version__, "method": self.method_spec,
+                "method_digest": method_digest, "proxy": self.proxy,
                 "proxy_width": self.proxy_width, "max_examples": self.max_examples,
                 "models": list(self.models), "tasks": list(self.tasks),
                 "calibration": {"slope": cal.slope, "default_scale": list(cal.default_scale), "bounds": list(cal.bounds),
@@ -285,9 +298,27 @@ class Zoo:
         return arrays
 
 
+def _folder_digest(folder: str) -> str:
+    """SHA-256 over every file under ``folder``: its path relative to ``folder`` and its bytes."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            file = os.path.join(root, name)
+            with open(file, "rb") as f:
+                data = f.read()
+            digest.update(f"{os.path.relpath(file, folder)}|{len(data)}|".encode())
+            digest.update(data)
+    return digest.hexdigest()
+
+
 def load_zoo(path: str) -> Zoo:
     """The zoo saved at ``path``; a ZooError (or CheckpointError) naming the path for a missing
-    or corrupted folder, another package version, or an unknown format."""
+    or corrupted folder, another package version, or an unknown format.
+
+    Every part is checked before anything is used: ``arrays/`` by its checksum, ``manifest.json``
+    against the checksummed copy in ``arrays/``, and ``method/`` against the SHA-256 of its files
+    recorded there (so a method folder edited, damaged or copied from another zoo is refused)."""
     from fennec_jax.core.ridge import RidgeMap
 
     manifest_path = os.path.join(path, "manifest.json")
@@ -304,6 +335,13 @@ def load_zoo(path: str) -> Zoo:
         raise ZooError(f"{path}: fitted with fennec_jax {manifest.get('fennec_jax_version')}, this is "
                        f"{fennec_jax.__version__}; refit it with ./run.sh fit_zoo")
     meta, arrays = restore_arrays(os.path.join(path, "arrays"), FORMAT, "zoo")
+    stored = {key: value for key, value in meta.items() if key not in ("package_version", "arrays", "checksum")}
+    if json.dumps(stored, sort_keys=True) != json.dumps(manifest, sort_keys=True):
+        raise ZooError(f"{manifest_path}: differs from the zoo's checksummed metadata in arrays/ (edited or "
+                       f"damaged); refit the zoo with ./run.sh fit_zoo, or restore the folder from a copy")
+    if _folder_digest(os.path.join(path, "method")) != meta.get("method_digest"):
+        raise ZooError(f"{os.path.join(path, 'method')}: its files differ from those the zoo was saved with "
+                       f"(edited, damaged or copied from another zoo); refit the zoo with ./run.sh fit_zoo")
     method = method_from_spec(meta["method"])
     state = method.restore(os.path.join(path, "method"))
     mask = arrays["mask"].astype(bool)
