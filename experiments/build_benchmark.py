@@ -9,7 +9,8 @@ runs.csv, graphs.jsonl, features/TASK/MODEL.npz, proxy.npz, then compares method
 built benchmark with the one evaluation loop (leave-one-task-out; the tasks' MobileNetV2 proxy
 embeddings and the models' features reach the methods as evidence: fennec with the proxy at
 k = 0 and k = --probes, fennec without it, popularity, the estimators) and writes
-report.json / report.md, with the measured seconds to rank the zoo for one new task.
+report.json / report.md / report.html (figures; fennec's predictions against the true
+scores), with the measured seconds to rank the zoo for one new task.
 Finished stages are kept in OUT/stages, so a rerun resumes; --max_stages stops after that
 many new stages.
 
@@ -102,7 +103,7 @@ def main():
                              features_dir=os.path.join(_OUT.value, "features"))
     methods = cli.methods_from_flags(["popularity", "fennec", "fennec:proxy=false", *_ESTIMATORS.value], None)
     report = protocol.evaluate(bench, methods, protocol.TasksOut(probes=(0, _PROBES.value), seeds=_PROBE_SEEDS.value,
-                                                                 history="targets"))
+                                                                 history="targets"), keep_predictions="fennec")
     report["models"] = bench.records.num_models
     report["build_seconds"] = build_seconds
     report["comparison_seconds"] = time.perf_counter() - start - build_seconds

@@ -17,7 +17,9 @@ one fold per family) hides every cell of a fold's models and each method predict
   column); fennec_arch_family: the same plus the family column;
 * fennec_with_records (reference): the transfer space fitted with every record visible.
 
-Writes OUT/<benchmark>/report.json and report.md, prints the tables.
+Writes OUT/<benchmark>/report.json, report.md and report.html (figures: means with standard
+errors over tasks, per-task bars, --scatter_method's predicted against true scores), prints
+the tables.
 """
 
 import dataclasses
@@ -42,6 +44,9 @@ _FOLDS = flags.DEFINE_integer("folds", 7, "Folds for leave_models_out.", lower_b
 _SEED = flags.DEFINE_integer("seed", 0, "Folds, encoder and space seed.")
 _SSL = flags.DEFINE_enum("ssl", "contrastive", list(archi2vec.SSL_OBJECTIVES), "Encoder pre-training objective.")
 _PRETRAIN_EPOCHS = flags.DEFINE_float("pretrain_epochs", 100.0, "Encoder pre-training passes over the graphs.")
+_SCATTER = flags.DEFINE_enum("scatter_method", "fennec_arch", ["", "family_popularity", "fennec", "fennec_arch",
+                                                               "fennec_arch_family"],
+                             "Method whose predictions the report plots against the true scores (empty: none).")
 _OUT = flags.DEFINE_string("out", "runs/cold_start", "Output folder.")
 
 # A small encoder: the zoo has a dozen distinct graphs.
@@ -82,7 +87,8 @@ def main():
             "fennec_arch": fennec_arch(graphs, encoder, drop_model_meta=("family",)),
             "fennec_arch_family": dataclasses.replace(fennec_arch(graphs, encoder), name="fennec_arch_family"),
         }
-        report = protocol.evaluate(bench, methods, protocol.ModelsOut(tuple(folds), label=_PROTOCOL.value))
+        report = protocol.evaluate(bench, methods, protocol.ModelsOut(tuple(folds), label=_PROTOCOL.value),
+                                   keep_predictions=_SCATTER.value or None)
         # Reference: the same space fitted with every record visible (no fold hidden).
         reference = protocol.evaluate(bench, {"fennec_with_records (reference)": Fennec()},
                                       protocol.ModelsOut((np.arange(records.num_models),), hide=False))
@@ -100,7 +106,8 @@ def main():
             notes=["Per task: Kendall tau-b / weighted tau between each model's true scores and those predicted "
                    "while its records were hidden."])
         print(markdown)
-    print(f"wall time {time.perf_counter() - start:.1f} s; wrote {_OUT.value}/<benchmark>/report.json and report.md")
+    print(f"wall time {time.perf_counter() - start:.1f} s; wrote {_OUT.value}/<benchmark>/report.json, report.md "
+          f"and report.html")
 
 
 if __name__ == "__main__":

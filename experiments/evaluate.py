@@ -15,8 +15,9 @@ revealed before the next; rows "k suggest:NAME"; batch=true picks all k at once)
 
 A method is NAME or NAME:key=value+key=value (its configuration, e.g. fennec:preset=nmf,
 spider:preset=wide); --method_config adds key=value,... to every method. Writes
-OUT/report.json and OUT/report.md (OUT/<benchmark>/ when several are given) and prints the
-mean table.
+OUT/report.json, OUT/report.md and OUT/report.html (figures: means against k with standard
+errors, per-task bars, --scatter_method's predicted against true scores) (OUT/<benchmark>/
+when several are given) and prints the mean table.
 """
 
 import os
@@ -44,6 +45,8 @@ _HISTORY = flags.DEFINE_enum("history", "targets", ["targets", "all"],
 _PROBE_POLICY = flags.DEFINE_list("probe_policy", ["random"],
                                   "How probes are chosen: random and/or suggest:NAME[:key=value+...] "
                                   "(NAME: dopt, thompson, random).")
+_SCATTER = flags.DEFINE_string("scatter_method", None, "Method whose seed-0 predictions the report keeps and plots "
+                               "against the true scores (default: the last of --methods; empty: none).")
 _OUT = flags.DEFINE_string("out", "runs/evaluate", "Output folder.")
 
 
@@ -72,18 +75,20 @@ def main():
                                   probe_policy=tuple(_PROBE_POLICY.value))
     except ValueError as err:
         raise cli.InputError(f"--probe_policy: {err}") from None
+    keep = list(methods)[-1] if _SCATTER.value is None else (_SCATTER.value or None)
     for bench in benchmarks:
         out = _OUT.value if len(benchmarks) == 1 else os.path.join(_OUT.value, bench.name)
         start = time.perf_counter()
         with tqdm(total=len(bench.targets) * len(methods), desc=bench.name, unit="fit") as bar:
             try:
-                report = protocol.evaluate(bench, methods, split, progress=lambda msg: bar.update(1))
+                report = protocol.evaluate(bench, methods, split, progress=lambda msg: bar.update(1),
+                                           keep_predictions=keep)
             except ValueError as err:
                 raise cli.InputError(str(err)) from None
         report["wall_seconds"] = time.perf_counter() - start
         markdown = reports.write_report(out, report)
         print(markdown.split("## Per task")[0])
-        print(f"wall time {report['wall_seconds']:.1f} s; wrote {out}/report.json and report.md")
+        print(f"wall time {report['wall_seconds']:.1f} s; wrote {out}/report.json, report.md and report.html")
 
 
 if __name__ == "__main__":

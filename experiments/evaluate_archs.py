@@ -9,8 +9,10 @@
 For each train size n and seed, every method sees the records of the same n random
 architectures and ranks all the others (the architectures-out split of
 fennec_jax.eval.protocol). archi2vec_ssl is archi2vec started from an encoder pretrained
-self-supervised on every graph (--ssl). Writes OUT/report.json and OUT/report.md and prints
-the mean table. Graphs of --graphs without records are used by the pre-training only.
+self-supervised on every graph (--ssl). Writes OUT/report.json, OUT/report.md and
+OUT/report.html (figures: means against n with standard errors over seeds, per-task bars,
+--scatter_method's predicted against true scores) and prints the mean table. Graphs of
+--graphs without records are used by the pre-training only.
 
 --export writes the benchmark (after --max_models) as the files a --records / --graphs run
 reads, EXPORT/records.csv and EXPORT/graphs.jsonl, instead of evaluating; with --rename_ops
@@ -56,6 +58,9 @@ _ENSEMBLE = flags.DEFINE_integer("ensemble", archi2vec.Archi2VecConfig.ensemble,
                                  lower_bound=1)
 _SSL = flags.DEFINE_enum("ssl", archi2vec.Archi2VecConfig.ssl_objective, list(archi2vec.SSL_OBJECTIVES),
                          "archi2vec_ssl's self-supervised objective.")
+_SCATTER = flags.DEFINE_string("scatter_method", None, "Method whose seed-0 predictions of the held-out models the "
+                               "report keeps and plots against the true scores (default: the last of --methods; "
+                               "empty: none).")
 _OUT = flags.DEFINE_string("out", "runs/evaluate_archs", "Output folder.")
 _EXPORT = flags.DEFINE_string("export", None, "Write the benchmark as EXPORT/records.csv and EXPORT/graphs.jsonl "
                               "(what --records / --graphs read) instead of evaluating.")
@@ -149,16 +154,18 @@ def main():
         methods["archi2vec_ssl"] = dataclasses.replace(get_method("archi2vec", pretrained=pretrained, **config),
                                                        name="archi2vec_ssl")
     split = protocol.ArchitecturesOut(train_sizes=train_sizes, seeds=_SEEDS.value)
+    keep = list(methods)[-1] if _SCATTER.value is None else (_SCATTER.value or None)
     with tqdm(total=len(train_sizes) * _SEEDS.value * len(methods), desc=bench.name, unit="fit") as bar:
         try:
-            report = protocol.evaluate(bench, methods, split, progress=lambda msg: bar.update(1))
+            report = protocol.evaluate(bench, methods, split, progress=lambda msg: bar.update(1),
+                                       keep_predictions=keep)
         except ValueError as err:
             raise cli.InputError(str(err)) from None
     report.update(archi2vec_config=config, pretrain_seconds=pretrain_seconds,
                   wall_seconds=time.perf_counter() - start)
     markdown = reports.write_report(_OUT.value, report, title=f"{bench.name} ({bench.records.num_models} models)")
     print(markdown.split("## Per task")[0])
-    print(f"wall time {report['wall_seconds']:.1f} s; wrote {_OUT.value}/report.json and report.md")
+    print(f"wall time {report['wall_seconds']:.1f} s; wrote {_OUT.value}/report.json, report.md and report.html")
 
 
 if __name__ == "__main__":

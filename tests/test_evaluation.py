@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fennec_jax.eval import protocol as evaluation
-from fennec_jax.eval import reports
+from fennec_jax.eval import metrics, reports
 from fennec_jax.methods.baselines import KnnTask, Popularity, Random
 from fennec_jax.benchmarks.bundled import load_benchmark
 from fennec_jax.methods.base import MethodBase, TaskEvidence, get_method, method_names
@@ -169,3 +169,61 @@ def test_bad_probe_policies_are_refused_before_any_fit():
         evaluation.TasksOut(probe_policy=("random", "suggest:best"))
     with pytest.raises(ValueError, match="distinct"):
         evaluation.TasksOut(probe_policy=("random", "random"))
+
+
+# ----------------------------------------------------------------------------- what the reports show
+
+
+@pytest.fixture(scope="module")
+def three_tasks():
+    """knn_task and popularity on 3 parc_controlled targets, k = 0 and 3, 3 seeds, knn's predictions kept."""
+    bench = load_benchmark("parc_controlled")
+    bench = dataclasses.replace(bench, targets=bench.targets[:3])
+    report = evaluation.evaluate(bench, {"popularity": Popularity(), "knn": KnnTask()},
+                                 evaluation.TasksOut(probes=(0, 3), seeds=3), keep_predictions="knn")
+    return bench, report
+
+
+def test_regret_is_also_normalised_by_each_task_range(three_tasks):
+    bench, report = three_tasks
+    records = bench.records
+    for name in ("popularity", "knn"):
+        for setting in ("0", "3"):
+            for task, values in report["results"][name][setting]["per_task"].items():
+                t = records.tasks.index(task)
+                spread = np.ptp(records.scores[t, bench.eval_mask[t]])
+                # final regret: over the task's evaluated models, every k.
+                assert values["final_regret_normalized"] == pytest.approx(values["final_regret"] / spread)
+                if setting == "0":  # no probe: top-1 regret ranks every evaluated model too
+                    assert values["top1_regret_normalized"] == pytest.approx(values["top1_regret"] / spread)
+                assert 0 <= values["top1_regret_normalized"] <= 1
+    assert set(evaluation.METRIC_KEYS) <= set(report["results"]["knn"]["3"]["mean"])
+
+
+def test_standard_errors_are_over_tasks_and_per_task_over_seeds(three_tasks):
+    _, report = three_tasks
+    entry = report["results"]["knn"]["3"]
+    for key in evaluation.METRIC_KEYS:
+        values = np.array([v[key] for v in entry["per_task"].values()])
+        assert entry["se"][key] == pytest.approx(values.std(ddof=1) / np.sqrt(3))
+    # Random probes vary with the seed: a spread over seeds per task; k = 0 (deterministic methods): none.
+    assert all(se["weighted_tau"] > 0 for se in entry["per_task_se"].values())
+    assert all(se["weighted_tau"] == 0 for se in report["results"]["knn"]["0"]["per_task_se"].values())
+    assert "over tasks" in report["protocol"]["se"] and "over seeds" in report["protocol"]["se"]
+
+
+def test_kept_predictions_are_the_ones_scored(three_tasks):
+    bench, report = three_tasks
+    kept = report["predictions"]
+    assert kept["method"] == "knn" and set(kept["by_setting"]) == {"0", "3"}
+    for setting, by_task in kept["by_setting"].items():
+        for task, points in by_task.items():
+            t = bench.records.tasks.index(task)
+            assert len(points["true"]) == bench.eval_mask[t].sum() - int(setting)  # probes left out
+            assert set(points["true"]) <= set(bench.records.scores[t, bench.eval_mask[t]].tolist())
+            if setting == "0":  # the same prediction for every seed: seed 0's tau is the reported one
+                tau = float(metrics.weighted_tau(np.array(points["true"]), np.array(points["pred"])))
+                assert tau == pytest.approx(report["results"]["knn"]["0"]["per_task"][task]["weighted_tau"], abs=1e-6)
+    with pytest.raises(ValueError, match="keep_predictions: 'nope' is not one of the methods"):
+        evaluation.evaluate(bench, {"knn": KnnTask()}, evaluation.TasksOut(probes=(0,), seeds=1),
+                            keep_predictions="nope")

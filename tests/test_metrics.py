@@ -35,6 +35,10 @@ def _top1_regret(t, p):
     return t.max() - t[np.argmax(p)]
 
 
+def _top1_regret_normalized(t, p):
+    return 0.0 if t.max() == t.min() else _top1_regret(t, p) / (t.max() - t.min())
+
+
 # ranking_metrics key -> reference.
 RANKING_METRICS = {
     "weighted_tau": CORRELATIONS["weighted_tau"],
@@ -42,6 +46,7 @@ RANKING_METRICS = {
     "spearman": CORRELATIONS["spearman"],
     "pearson": CORRELATIONS["pearson"],
     "top1_regret": _top1_regret,
+    "top1_regret_normalized": _top1_regret_normalized,
 }
 
 
@@ -161,6 +166,7 @@ def test_one_or_two_models(m):
     for key in ("weighted_tau", "kendall", "spearman", "pearson"):
         np.testing.assert_allclose(got[key], expected, atol=1e-6, err_msg=key)
     np.testing.assert_allclose(got["top1_regret"], np.nan if m == 1 else 1.0)
+    np.testing.assert_allclose(got["top1_regret_normalized"], np.nan if m == 1 else 1.0)
 
 
 def test_top1_regret_and_topk_hit_rate():
@@ -175,6 +181,21 @@ def test_top1_regret_and_topk_hit_rate():
             reference(lambda t, p: _topk_hit_rate(t, p, k), true, pred, mask))
     np.testing.assert_array_equal(metrics.topk_hit_rate(true, pred, 1, mask),
                                   metrics.top1_regret(true, pred, mask) == 0)
+
+
+def test_top1_regret_normalized_is_a_fraction_of_the_range():
+    true, pred = scores(8, (5, 12), ties="both")
+    mask = np.random.default_rng(9).random((5, 12)) < 0.8
+    mask[0, :2], mask[0, 2:] = True, False  # two valid entries: regret 0 or the whole range
+    got = metrics.top1_regret_normalized(np.where(mask, true, np.nan), pred, mask)
+    np.testing.assert_allclose(got, reference(_top1_regret_normalized, true, pred, mask), atol=1e-6)
+    assert float(got[0]) in (0.0, 1.0) and np.all((got >= 0) & (got <= 1))
+    # Units do not matter: the same task in other units (x 100 + 7) gives the same value.
+    np.testing.assert_allclose(metrics.top1_regret_normalized(100 * true + 7, pred, mask), got, atol=1e-6)
+    t = np.array([0.5, 0.9, 0.1, 0.7])
+    assert float(metrics.top1_regret_normalized(t, np.array([0, 0, 1, 0]))) == pytest.approx(1.0)  # the worst
+    assert float(metrics.top1_regret_normalized(t, np.array([0, 0, 0, 1]))) == pytest.approx(0.25)
+    assert float(metrics.top1_regret_normalized(np.ones(4), t)) == 0.0  # constant true
 
 
 def test_top1_regret_closed_form():

@@ -300,6 +300,13 @@ def _top1_regret_1d(true, pred, valid):
     return _finish(best - chosen, true, pred, valid)
 
 
+def _top1_regret_normalized_1d(true, pred, valid):
+    spread = jnp.max(jnp.where(valid, true, -jnp.inf)) - jnp.min(jnp.where(valid, true, jnp.inf))
+    regret = _top1_regret_1d(true, pred, valid)
+    value = jnp.where(spread > 0, regret / jnp.where(spread > 0, spread, 1), 0.0)
+    return _finish(value, true, pred, valid)
+
+
 def _topk_hit_rate_1d(true, pred, valid, k):
     best = jnp.max(jnp.where(valid, true, -jnp.inf))
     top = _best_by_pred(pred, valid, k)
@@ -325,6 +332,7 @@ def _ranking_metrics_1d(true, pred, valid):
         "spearman": _spearman_1d(true, pred, valid),
         "pearson": _pearson_1d(true, pred, valid),
         "top1_regret": _top1_regret_1d(true, pred, valid),
+        "top1_regret_normalized": _top1_regret_normalized_1d(true, pred, valid),
     }
 
 
@@ -472,6 +480,33 @@ def top1_regret(true, pred, mask=None):
     return _batched(true, pred, mask, metric_1d=_top1_regret_1d)
 
 
+def top1_regret_normalized(true, pred, mask=None):
+    """`top1_regret` as a fraction of the range of ``true``: comparable across tasks.
+
+    ``(max(true) - true[i*]) / (max(true) - min(true))`` with ``i* = argmax(pred)``, both
+    extremes over the valid entries.
+
+    {true_pred}
+    {mask}
+
+    Returns
+    -------
+    regret : Array, shape ``[...]``
+        In [0, 1]: 0.0 when the chosen model is (one of) the truly best, 1.0 when it is
+        (one of) the truly worst. 0.0 if ``true`` is constant (every pick is the best).
+        NaN with fewer than 2 valid entries.
+
+    Notes
+    -----
+    Raw regret averaged over tasks whose scores are in different units (or spreads) is
+    dominated by the widest task; this normalised form weighs every task alike. It is
+    unchanged when ``true`` is shifted or multiplied by a positive constant. Ties in
+    ``pred`` as in `top1_regret`.
+    """
+    true, pred, mask = _prepare(true, pred, mask)
+    return _batched(true, pred, mask, metric_1d=_top1_regret_normalized_1d)
+
+
 def topk_hit_rate(true, pred, k, mask=None):
     """Whether a truly best model is among the ``k`` highest predictions: 1.0 or 0.0.
 
@@ -544,14 +579,15 @@ def ranking_metrics(true, pred, mask=None):
     -------
     metrics : dict of str to Array, each of shape ``[...]``
         ``weighted_tau`` (`weighted_tau`), ``kendall`` (`kendall_tau`),
-        ``spearman`` (`spearman`), ``pearson`` (`pearson`) and ``top1_regret``
-        (`top1_regret`), with the conventions of those functions.
+        ``spearman`` (`spearman`), ``pearson`` (`pearson`), ``top1_regret``
+        (`top1_regret`) and ``top1_regret_normalized`` (`top1_regret_normalized`), with
+        the conventions of those functions.
     """
     true, pred, mask = _prepare(true, pred, mask)
     return _batched(true, pred, mask, metric_1d=_ranking_metrics_1d)
 
 
-for _metric in (weighted_tau, kendall_tau, spearman, pearson, top1_regret, topk_hit_rate,
+for _metric in (weighted_tau, kendall_tau, spearman, pearson, top1_regret, top1_regret_normalized, topk_hit_rate,
                 ndcg_at_k, ranking_metrics):
     if _metric.__doc__:  # None under python -OO
         _metric.__doc__ = _metric.__doc__.format(**_PARAMETER_DOCS)

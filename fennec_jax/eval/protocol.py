@@ -11,13 +11,16 @@ on a benchmark under one split:
   sees the same probes) are revealed, with t's name and metadata, its proxy embedding
   (``task_side["proxy"]``) and the models' forward-pass features when the benchmark carries
   them, never t's other scores. Metrics (``metrics.ranking_metrics``: weighted tau, Kendall
-  tau-b, Spearman, Pearson, top-1 regret in the task's units) are computed on t's evaluated
-  models that are not probes, plus ``final_regret``: the regret of the pick a user makes after
-  the probes, the best measured of the probes and the top predicted non-probe model (one
-  more fine-tune), and ``weighted_tau_k0``: the weighted tau of the method's prediction
-  without the probes (k = 0 evidence) over the same non-probe models (``weighted_tau`` minus
-  it is what the probes' results added; the rest of a change between settings comes from
-  which models are left to rank); mean over seeds per task, then over tasks.
+  tau-b, Spearman, Pearson, top-1 regret in the task's units and as a fraction of the range
+  of t's true scores over the same models) are computed on t's evaluated models that are not
+  probes, plus ``final_regret``: the regret of the pick a user makes after the probes, the
+  best measured of the probes and the top predicted non-probe model (one more fine-tune), in
+  the task's units and as a fraction of the range over t's evaluated models
+  (``final_regret_normalized``), and ``weighted_tau_k0``: the weighted tau of the method's
+  prediction without the probes (k = 0 evidence) over the same non-probe models
+  (``weighted_tau`` minus it is what the probes' results added; the rest of a change between
+  settings comes from which models are left to rank); mean over seeds per task, then over
+  tasks.
   ``probe_policy`` names how the probes are chosen: ``'random'`` (:func:`probe_draw`; setting
   ``"k"``) and/or ``'suggest:NAME'`` (a policy of :mod:`fennec_jax.methods.suggest`, setting
   ``"k suggest:NAME"``): the policy picks each probe among t's evaluated models from the
@@ -40,12 +43,21 @@ Inner validation inside ``fennec`` and ``spider`` scores held-out history tasks 
 
 Every report has one shape, rendered by :mod:`fennec_jax.eval.reports`::
 
-    {"benchmark", "protocol": {...}, "settings": [...], "metrics": [...],
+    {"benchmark", "protocol": {..., "se": "..."}, "settings": [...], "metrics": [...],
      "results": {METHOD: {SETTING: {"mean": {metric: v}, "se": {metric: v},
-                                    "per_task": {TASK: {metric: v}}}}},
-     "seconds": {METHOD: s}}
+                                    "per_task": {TASK: {metric: v}},
+                                    "per_task_se": {TASK: {metric: v}}}}},
+     "seconds": {METHOD: s},
+     "predictions": {"method", "seed", "by_setting": {SETTING: {TASK: {"true": [N], "pred": [N]}}}}}
 
-with ``se`` the standard error of the mean over tasks (and seeds where they vary).
+``se`` is the standard error of ``mean`` (sample standard deviation, ``ddof=1``, over sqrt
+of the count; NaN with fewer than two values), ``protocol["se"]`` says over what:
+tasks-out and models-out, over tasks (tasks-out: of the per-task means over seeds, so the
+seeds' spread is part of it); architectures-out, over seeds (of each seed's mean over tasks).
+``per_task_se`` (tasks-out and architectures-out) is each task's standard error over seeds.
+``predictions`` (only with ``keep_predictions``) holds one method's seed-0 predictions and the
+true scores of the N models each task's metrics were computed on (N <= :data:`KEPT_MODELS`: a
+random subset of them where there are more).
 """
 
 from __future__ import annotations
@@ -63,6 +75,7 @@ from fennec_jax.methods import suggest
 
 __all__ = [
     "METRIC_KEYS",
+    "KEPT_MODELS",
     "TasksOut",
     "ModelsOut",
     "ArchitecturesOut",
@@ -75,7 +88,9 @@ __all__ = [
     "history_predictions",
 ]
 
-METRIC_KEYS = ("weighted_tau", "kendall", "spearman", "pearson", "top1_regret", "final_regret", "weighted_tau_k0")
+KEPT_MODELS = 2000  # most models per task whose predictions a report keeps (keep_predictions)
+METRIC_KEYS = ("weighted_tau", "kendall", "spearman", "pearson", "top1_regret", "top1_regret_normalized",
+               "final_regret", "final_regret_normalized", "weighted_tau_k0")
 
 
 # ----------------------------------------------------------------------------- probes
@@ -155,7 +170,9 @@ class TasksOut:
         return {"kind": "leave-one-task-out", "probes": [int(k) for k in self.probes], "seeds": int(self.seeds),
                 "history": self.history, "probe_policy": list(self.probe_policy), "targets": list(benchmark.targets),
                 "weighted_tau": "scipy.stats.weightedtau(true, pred, rank=None)",
-                "aggregation": "mean over seeds, then per task, then over tasks; se over tasks"}
+                "aggregation": "mean over seeds per task, then over tasks",
+                "se": "standard error over tasks of the per-task means over seeds (seed spread included); "
+                      "per task: over seeds"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +188,8 @@ class ModelsOut:
     def describe(self, benchmark: Benchmark) -> dict:
         return {"kind": self.label, "folds": [np.asarray(f).tolist() for f in self.folds],
                 "aggregation": "folds' predictions assembled, metrics per task over observed models, "
-                               "mean over tasks with >= 2 observed models; se over tasks"}
+                               "mean over tasks with >= 2 observed models",
+                "se": "standard error over tasks"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +203,8 @@ class ArchitecturesOut:
     def describe(self, benchmark: Benchmark) -> dict:
         return {"kind": "architectures-out", "train_sizes": [int(n) for n in self.train_sizes],
                 "seeds": int(self.seeds),
-                "aggregation": "per task over the held-out models, mean over seeds, then tasks; se over seeds"}
+                "aggregation": "per task over the held-out models, mean over seeds, then tasks",
+                "se": "standard error over seeds of each seed's mean over tasks; per task: over seeds"}
 
 
 def model_folds(num_models: int, num_folds: int, seed: int, groups: Sequence[str] | None = None) -> list[np.ndarray]:
@@ -206,17 +225,55 @@ def model_folds(num_models: int, num_folds: int, seed: int, groups: Sequence[str
 
 
 def evaluate(benchmark: Benchmark, methods: Mapping[str, object], split, *,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, keep_predictions: str | None = None) -> dict:
     """Runs ``split`` (:class:`TasksOut`, :class:`ModelsOut` or :class:`ArchitecturesOut`) for
     every method of ``methods`` (name -> method) on ``benchmark``; returns the report (module
-    docstring). ``progress`` is called with a short message after each fit."""
+    docstring). ``progress`` is called with a short message after each fit.
+    ``keep_predictions``: the name of one method whose seed-0 predictions the report keeps
+    (``report["predictions"]``; nothing is computed again, they only take room)."""
+    if keep_predictions is not None and keep_predictions not in methods:
+        raise ValueError(f"keep_predictions: {keep_predictions!r} is not one of the methods {list(methods)}")
     run = {"tasks_out": _tasks_out, "models_out": _models_out, "architectures_out": _architectures_out}[split.kind]
-    results, seconds, settings, metric_keys = run(benchmark, methods, split, progress or (lambda msg: None))
+    kept = {}
+    results, seconds, settings, metric_keys = run(benchmark, methods, split, progress or (lambda msg: None),
+                                                  _Keeper(keep_predictions, kept))
     for by_setting in results.values():
         for entry in by_setting.values():
             _summarise(entry, metric_keys)
-    return {"benchmark": benchmark.name, "protocol": split.describe(benchmark), "settings": settings,
-            "metrics": list(metric_keys), "results": results, "seconds": seconds}
+    report = {"benchmark": benchmark.name, "protocol": split.describe(benchmark), "settings": settings,
+              "metrics": list(metric_keys), "results": results, "seconds": seconds}
+    if keep_predictions is not None:
+        report["predictions"] = {"method": keep_predictions, "seed": 0, "by_setting": kept}
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Keeper:
+    """Collects ``method``'s seed-0 predictions into ``kept[setting][task]`` (nothing when
+    ``method`` is None): those of the models the metrics saw, at most :data:`KEPT_MODELS`
+    of them (a random subset drawn from seed 0 alone), so a report stays small."""
+
+    method: str | None
+    kept: dict
+
+    def __call__(self, name: str, setting: str, task: str, true: np.ndarray, pred: np.ndarray,
+                 scored: np.ndarray) -> None:
+        """``true[M]``, ``pred[M]``: seed 0's scores; ``scored[M]``: the models the metrics saw."""
+        if name != self.method:
+            return
+        chosen = np.flatnonzero(scored)
+        if chosen.size > KEPT_MODELS:
+            chosen = np.sort(np.random.default_rng(0).choice(chosen, KEPT_MODELS, replace=False))
+        self.kept.setdefault(setting, {})[task] = {"true": np.asarray(true)[chosen].tolist(),
+                                                   "pred": np.asarray(pred)[chosen].tolist()}
+
+
+def _standard_error(sample: np.ndarray) -> float:
+    """Standard error of the mean of the finite values of ``sample[N]`` (``ddof=1``); NaN
+    with fewer than two."""
+    sample = np.asarray(sample, dtype=np.float64)
+    sample = sample[np.isfinite(sample)]
+    return float(sample.std(ddof=1) / np.sqrt(sample.size)) if sample.size > 1 else float("nan")
 
 
 def _summarise(entry: dict, keys: Sequence[str]) -> None:
@@ -225,10 +282,8 @@ def _summarise(entry: dict, keys: Sequence[str]) -> None:
     for key in keys:
         values = np.array([v[key] for v in entry["per_task"].values()], dtype=np.float64)
         spread = entry.get("seed_means", {}).get(key)
-        sample = np.asarray(spread, dtype=np.float64) if spread is not None else values
-        sample = sample[np.isfinite(sample)]
         entry["mean"][key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-        entry["se"][key] = float(sample.std(ddof=1) / np.sqrt(sample.size)) if sample.size > 1 else float("nan")
+        entry["se"][key] = _standard_error(np.asarray(spread, dtype=np.float64) if spread is not None else values)
 
 
 def _check(name: str, pred: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -282,11 +337,12 @@ def _choose(method, state, policy: str, policies: dict, k: int, seed: int, task:
     return evidence.probe_models
 
 
-def _tasks_out(benchmark, methods, split: TasksOut, progress):
+def _tasks_out(benchmark, methods, split: TasksOut, progress, keep: _Keeper):
     records = benchmark.records
     history_pool = benchmark.history_tasks(split.history)
     settings = split.settings()
-    results = {name: {_setting_label(k, p): {"per_task": {}} for k, p in settings} for name in methods}
+    results = {name: {_setting_label(k, p): {"per_task": {}, "per_task_se": {}} for k, p in settings}
+               for name in methods}
     seconds = {name: 0.0 for name in methods}
     policies = {p: suggest.policy_from_spec(p.removeprefix("suggest:")) for p in split.probe_policy if p != "random"}
     for method in methods.values():
@@ -303,6 +359,7 @@ def _tasks_out(benchmark, methods, split: TasksOut, progress):
         hist = records.select_tasks(history_pool[history_pool != ti])
         true = records.scores[ti]
         candidates = np.flatnonzero(benchmark.eval_mask[ti])
+        spread = np.ptp(true[candidates])
         draws = {(k, s): probe_draw(candidates, k, s, int(ti)) for k in split.probes for s in range(split.seeds)}
         inputs = _task_inputs(benchmark, ti)
         for name, method in methods.items():
@@ -322,9 +379,15 @@ def _tasks_out(benchmark, methods, split: TasksOut, progress):
                     (split.seeds, records.num_models))
                 values = dict(metrics.ranking_metrics(np.broadcast_to(true, pred.shape), pred, masks))
                 values["final_regret"] = final_regret(true, pred, chosen, benchmark.eval_mask[ti])
+                values["final_regret_normalized"] = values["final_regret"] / spread if spread > 0 else \
+                    np.zeros(split.seeds)
                 values["weighted_tau_k0"] = metrics.weighted_tau(np.broadcast_to(true, pred.shape), no_probes, masks)
-                results[name][_setting_label(k, policy)]["per_task"][task] = {
-                    key: float(np.nanmean(np.asarray(values[key]))) for key in METRIC_KEYS}
+                # [S] each, in the metrics' dtype (float32: the means as they have always been computed)
+                per_seed = {key: np.asarray(values[key]) for key in METRIC_KEYS}
+                entry = results[name][_setting_label(k, policy)]
+                entry["per_task"][task] = {key: float(np.nanmean(v)) for key, v in per_seed.items()}
+                entry["per_task_se"][task] = {key: _standard_error(v) for key, v in per_seed.items()}
+                keep(name, _setting_label(k, policy), task, true, pred[0], masks[0])
             seconds[name] += time.perf_counter() - start
             progress(f"{benchmark.name}: {name} on {task}")
     return results, seconds, [_setting_label(k, p) for k, p in settings], METRIC_KEYS
@@ -343,7 +406,7 @@ def history_predictions(method, state, history: Records) -> np.ndarray:
     return np.asarray(method.score_batch(state, evidences), dtype=np.float64)
 
 
-def _models_out(benchmark, methods, split: ModelsOut, progress):
+def _models_out(benchmark, methods, split: ModelsOut, progress, keep: _Keeper):
     records = benchmark.records
     folds = [np.asarray(f, dtype=int) for f in split.folds]
     if not folds or np.sort(np.concatenate(folds)).tolist() != list(range(records.num_models)):
@@ -365,11 +428,13 @@ def _models_out(benchmark, methods, split: ModelsOut, progress):
         weighted = np.asarray(metrics.weighted_tau(true, pred, records.mask), np.float64)
         results[name] = {"all": {"per_task": {task: {"kendall": float(kendall[t]), "weighted_tau": float(weighted[t])}
                                               for t, task in enumerate(records.tasks) if scored[t]}}}
+        for t in np.flatnonzero(scored):
+            keep(name, "all", records.tasks[t], true[t], pred[t], records.mask[t])
         seconds[name] = spent
     return results, seconds, ["all"], keys
 
 
-def _architectures_out(benchmark, methods, split: ArchitecturesOut, progress):
+def _architectures_out(benchmark, methods, split: ArchitecturesOut, progress, keep: _Keeper):
     records = benchmark.records
     num_models = records.num_models
     sizes = [int(n) for n in split.train_sizes]
@@ -396,12 +461,18 @@ def _architectures_out(benchmark, methods, split: ArchitecturesOut, progress):
                 pred = _check(name, pred[:, test], true.shape)
                 values[name][seed, 0] = metrics.kendall_tau(true, pred, test_mask)
                 values[name][seed, 1] = metrics.spearman(true, pred, test_mask)
+                if seed == 0:
+                    for t, task in enumerate(tasks):
+                        keep(name, str(n), task, true[t], pred[t], test_mask[t])
                 progress(f"{name} n={n} seed={seed}")
         for name in methods:
             by_task = values[name].mean(0)  # [2, T]
             results[name][str(n)] = {
                 "per_task": {task: {"kendall": float(by_task[0, t]), "spearman": float(by_task[1, t])}
                              for t, task in enumerate(tasks)},
+                "per_task_se": {task: {"kendall": _standard_error(values[name][:, 0, t]),
+                                       "spearman": _standard_error(values[name][:, 1, t])}
+                                for t, task in enumerate(tasks)},
                 "seed_means": {"kendall": values[name][:, 0].mean(1).tolist(),
                                "spearman": values[name][:, 1].mean(1).tolist()},
             }

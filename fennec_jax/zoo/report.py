@@ -1,21 +1,20 @@
 """What ``rank`` writes for a new task: ``ranking.csv``, ``report.md`` and a self-contained
 ``report.html`` (the table and a plot of the predicted scores with their intervals, measured
-scores marked; the plot is an inline PNG, so the page opens anywhere without other files).
+scores marked; the page is built by :mod:`fennec_jax.eval.html_report`: the plot is an inline
+PNG, so the page opens anywhere without other files).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import os
 
 import numpy as np
 
 from fennec_jax.core import atomic_io
+from fennec_jax.eval import html_report
 from fennec_jax.zoo.zoo import TaskRanking
 
-__all__ = ["ranking_markdown", "ranking_html", "ranking_plot_png", "write_ranking"]
+__all__ = ["ranking_markdown", "ranking_figure", "ranking_html", "write_ranking"]
 
 _PLOTTED = 30  # models in the plot
 
@@ -42,18 +41,14 @@ def ranking_markdown(ranking: TaskRanking, zoo_name: str, top_k: int | None = No
     return "\n".join(lines) + "\n"
 
 
-def ranking_plot_png(ranking: TaskRanking, count: int = _PLOTTED) -> bytes:
-    """PNG bytes: the best ``count`` models' predicted scores with their intervals (bars), and
-    measured scores (filled diamonds) where known; best at the top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def ranking_figure(ranking: TaskRanking, count: int = _PLOTTED) -> str:
+    """HTML ``<figure>``: the best ``count`` models' predicted scores with their intervals
+    (bars), and measured scores (filled diamonds) where known; best at the top."""
     table = ranking.table
     order = table.order()[:count]
     y = np.arange(order.size)[::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.28 * order.size + 1.4), dpi=100)
+    fig, axes = html_report.new_figure(8, 0.28 * order.size + 1.4)
+    ax = axes[0, 0]
     if table.low is not None:
         ax.errorbar(table.predicted[order], y, xerr=[table.predicted[order] - table.low[order],
                                                      table.high[order] - table.predicted[order]],
@@ -68,40 +63,22 @@ def ranking_plot_png(ranking: TaskRanking, count: int = _PLOTTED) -> bytes:
     ax.set_title(f"{ranking.task}: top {order.size} of {len(table.models)}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    interval = (f"bars: {ranking.level:.0%} intervals, calibrated on the zoo's held-out history tasks"
+                if table.low is not None else "the method gives no interval")
+    caption = (f"Predicted score (dot) of the best {order.size} of the {len(table.models)} models for "
+               f"{ranking.task}, in the records' units, best at the top; {interval}; red diamonds: measured "
+               f"scores given as probes (a measured model is ranked by its measurement). Evidence: "
+               f"{ranking.evidence}.")
+    return html_report.figure(fig, caption, alt="predicted scores with intervals, best first")
 
 
 def ranking_html(ranking: TaskRanking, zoo_name: str, top_k: int | None = None) -> str:
     """A self-contained HTML page: what the ranking rests on, the plot, the table."""
-    image = base64.b64encode(ranking_plot_png(ranking)).decode()
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ranking.columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
-                     for row in ranking.rows(top_k))
-    intro = "".join(f"<p>{html.escape(p).replace('**', '')}</p>" for p in _intro(ranking, zoo_name))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Ranking for {html.escape(ranking.task)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 60em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
-tr:nth-child(even) {{ background: #f6f6f6; }}
-img {{ max-width: 100%; }}
-</style></head>
-<body>
-<h1>Ranking for {html.escape(ranking.task)}</h1>
-{intro}
-<img alt="predicted scores with intervals, best first" src="data:image/png;base64,{image}">
-<table><thead><tr>{head}</tr></thead>
-<tbody>
-{body}
-</tbody></table>
-</body></html>
-"""
+    body = [html_report.paragraph(p) for p in _intro(ranking, zoo_name)]
+    body += [ranking_figure(ranking),
+             html_report.table(ranking.columns, [[_cell(v) for v in row] for row in ranking.rows(top_k)],
+                               text_columns=(1, ranking.columns.index("evidence")))]
+    return html_report.page(f"Ranking for {ranking.task}", body)
 
 
 def write_ranking(out: str, ranking: TaskRanking, zoo_name: str, top_k: int | None = None) -> list[str]:
