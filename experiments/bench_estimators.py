@@ -23,6 +23,15 @@ pass leaves, used in place). Writes {"D=<d>": {name: {"seconds", "compile_second
 "numpy_seconds", "speedup", "seconds_device_inputs", "speedup_device_inputs", ...}}} to
 --out and prints a table. With --scaling_n, also {"scaling": ...}: the time of a few
 models against N for the O(N^2) and iterative estimators (logme as a reference).
+
+With --sharded, each estimator is also timed with the models split over every device
+(``score_models(..., mesh=engine.make_mesh())`` on the NumPy inputs: "seconds_sharded",
+"sharded_vs_unsharded" = seconds / seconds_sharded, "sharded_devices"); on CPU,
+--cpu_devices splits the host into that many devices (e.g. 2 on this 2-core machine,
+and threading as above: one core per device):
+
+  python experiments/bench_estimators.py --sharded --cpu_devices=2 --models=64 \
+      --dims=256 --estimators=logme,hscore,leep --out=bench/estimators_sharded.json
 """
 
 import json
@@ -44,6 +53,7 @@ from absl import app, flags  # noqa: E402
 from fennec_jax.core import atomic_io  # noqa: E402
 from fennec_jax import estimators  # noqa: E402
 from fennec_jax.estimators import reference  # noqa: E402
+from fennec_jax.ranking import engine  # noqa: E402
 
 _MODELS = flags.DEFINE_integer("models", 64, "Candidate models M.")
 _N = flags.DEFINE_integer("n", 1000, "Target samples N.")
@@ -65,6 +75,10 @@ _SCALING_ESTIMATORS = flags.DEFINE_list(
     "Estimators timed against N (logme: a linear-in-N reference).")
 _SCALING_DIM = flags.DEFINE_integer("scaling_dim", 256, "Feature width D for --scaling_n.")
 _SCALING_MODELS = flags.DEFINE_integer("scaling_models", 4, "Models M for --scaling_n.")
+_SHARDED = flags.DEFINE_bool("sharded", False, "Also time score_models with the models "
+                             "split over every device (mesh=engine.make_mesh()).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "On CPU, split the host into this "
+                                    "many devices (jax_num_cpu_devices).")
 
 
 # ------------------------------------------------------------ task and timing
@@ -101,10 +115,11 @@ def _best_time(fn, repeats):
 
 
 def bench_one(name, features_list, labels, probs_list, device_inputs, repeats,
-              numpy_models, batch_size):
+              numpy_models, batch_size, mesh=None):
     """Times of ``score_models`` on the float32 NumPy inputs (copied into JAX's memory on
     every call), on the same inputs already held by JAX (``device_inputs``: what a JAX
-    forward pass leaves; no copy), and of the NumPy baseline loop."""
+    forward pass leaves; no copy), of the NumPy baseline loop, and with a ``mesh``, on the
+    NumPy inputs split over its devices."""
     estimator = estimators.get(name)
     inputs = probs_list if estimator.needs_probs else features_list
     options = {} if batch_size is None else {"batch_size": batch_size}
@@ -112,6 +127,8 @@ def bench_one(name, features_list, labels, probs_list, device_inputs, repeats,
                                               **options)
     run_device = lambda: estimators.score_models(name, *device_inputs[:1], labels,
                                                  device_inputs[1], **options)
+    run_sharded = lambda: estimators.score_models(name, features_list, labels, probs_list,
+                                                  mesh=mesh, **options)
     baseline = reference.REFERENCES[name]
     timed = inputs[:numpy_models]
     run_numpy = lambda: np.array([baseline(np.asarray(x, np.float64), labels)
@@ -120,10 +137,13 @@ def bench_one(name, features_list, labels, probs_list, device_inputs, repeats,
     scores = run_jax()
     warm_up = time.perf_counter() - start
     run_device()
-    jax_times, device_times, numpy_times = [], [], []
+    sharded_diff = None if mesh is None else float(np.max(np.abs(run_sharded() - scores)))
+    jax_times, device_times, numpy_times, sharded_times = [], [], [], []
     for _ in range(repeats):  # interleaved, so all see the same machine load
         jax_times.append(_best_time(run_jax, 1)[0])
         device_times.append(_best_time(run_device, 1)[0])
+        if mesh is not None:
+            sharded_times.append(_best_time(run_sharded, 1)[0])
         seconds, numpy_values = _best_time(run_numpy, 1)
         numpy_times.append(seconds)
     seconds, device_seconds = min(jax_times), min(device_times)
@@ -132,11 +152,16 @@ def bench_one(name, features_list, labels, probs_list, device_inputs, repeats,
         numpy_values = reference.COMBINE[name](numpy_values)
     agree = (float(np.max(np.abs(scores[: len(timed)] - numpy_values)))
              if len(timed) == len(inputs) or name not in reference.COMBINE else None)
-    return {"seconds": seconds, "compile_seconds": max(warm_up - seconds, 0.0),
-            "numpy_seconds": numpy_seconds, "speedup": numpy_seconds / seconds,
-            "seconds_device_inputs": device_seconds,
-            "speedup_device_inputs": numpy_seconds / device_seconds,
-            "numpy_models_timed": len(timed), "max_abs_diff_vs_numpy": agree}
+    row = {"seconds": seconds, "compile_seconds": max(warm_up - seconds, 0.0),
+           "numpy_seconds": numpy_seconds, "speedup": numpy_seconds / seconds,
+           "seconds_device_inputs": device_seconds,
+           "speedup_device_inputs": numpy_seconds / device_seconds,
+           "numpy_models_timed": len(timed), "max_abs_diff_vs_numpy": agree}
+    if mesh is not None:
+        row.update(seconds_sharded=min(sharded_times), sharded_devices=mesh.size,
+                   sharded_vs_unsharded=seconds / min(sharded_times),
+                   max_abs_diff_sharded=sharded_diff)
+    return row
 
 
 def bench_scaling(names, sample_counts, num_models, dim, repeats):
@@ -169,6 +194,9 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--estimators: unknown {', '.join(unknown)}")
     numpy_models = _NUMPY_MODELS.value or _MODELS.value
+    if _CPU_DEVICES.value:
+        jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+    mesh = engine.make_mesh() if _SHARDED.value else None
     results = {}
     if os.path.exists(_OUT.value):  # keep other widths from earlier runs
         with open(_OUT.value) as f:
@@ -185,7 +213,7 @@ def main(argv):
               f"{'speedup':>8} {'on-device s':>11} {'speedup':>8}  max|diff|")
         for name in names:
             row = bench_one(name, features_list, labels, probs_list, device_inputs,
-                            _REPEATS.value, numpy_models, _BATCH_SIZE.value)
+                            _REPEATS.value, numpy_models, _BATCH_SIZE.value, mesh)
             row.update(models=_MODELS.value, n=_N.value, classes=_CLASSES.value,
                        source_classes=_SOURCE_CLASSES.value,
                        load_average=os.getloadavg()[0], repeats=_REPEATS.value,
@@ -200,6 +228,10 @@ def main(argv):
                   f"{row['seconds_device_inputs']:11.3f} "
                   f"{row['speedup_device_inputs']:7.1f}x  "
                   f"{'-' if diff is None else f'{diff:.1e}'}{scaled}", flush=True)
+            if mesh is not None:
+                print(f"{'':>14} sharded over {mesh.size} devices: "
+                      f"{row['seconds_sharded']:.3f} s, {row['sharded_vs_unsharded']:.2f}x "
+                      f"unsharded, max|diff| {row['max_abs_diff_sharded']:.1e}", flush=True)
             atomic_io.write_json(_OUT.value, results)
     if _SCALING_N.value:
         sample_counts = [int(n) for n in _SCALING_N.value]

@@ -5,6 +5,8 @@ every estimator must survive with a defined value or a clear error."""
 import importlib
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -490,3 +492,86 @@ def test_logme_one_column_and_all_zero_features():
         counts = np.bincount(y)
         limit = np.mean((0.5 * np.log(n / counts) - 0.5 - 0.5 * np.log(2 * np.pi)))
         np.testing.assert_allclose(estimators.logme(np.zeros(shape), y), limit, rtol=1e-9)
+
+
+def test_jax_inputs_stay_on_device():
+    """JAX inputs (a 3-D array, a list of 2-D arrays of two widths) are checked and
+    stacked as JAX arrays, never as NumPy copies, and score as their NumPy twins."""
+    features, labels, probs = (a.astype(np.float32) if a.dtype.kind == "f" else a
+                               for a in _toy(dim=12))
+    stacked = jnp.asarray(np.stack([features, features * 0.5]))
+    widths = [jnp.asarray(features), jnp.asarray(features[:, :7])]
+    for inputs in (stacked, widths):
+        checked, *_ = batching.check_models("logme", inputs, labels, None, None,
+                                            ("features",))
+        assert checked is inputs if inputs is stacked else all(
+            a is b for a, b in zip(checked, inputs))
+        model = batching.stack(checked, None, [0, 1], 16)
+        assert isinstance(model.features, jax.Array) and model.features.shape[2] == 16
+        np.testing.assert_array_equal(model.dim, [12, 12 if inputs is stacked else 7])
+        host = np.asarray(inputs) if inputs is stacked else [np.asarray(x) for x in inputs]
+        np.testing.assert_allclose(estimators.score_models("hscore", inputs, labels),
+                                   estimators.score_models("hscore", host, labels),
+                                   rtol=1e-12)
+    probs_on_device = jnp.asarray(np.stack([probs, probs[::-1]]))
+    np.testing.assert_allclose(
+        estimators.score_models("leep", None, labels, probs_on_device),
+        estimators.score_models("leep", None, labels, [probs, probs[::-1]]), rtol=1e-12)
+
+
+_FOUR_DEVICES = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from fennec_jax import estimators
+from fennec_jax.estimators import _batch
+from fennec_jax.ranking import engine
+
+rng = np.random.default_rng(0)
+labels = np.arange(60) % 3
+# 7 models of widths padded to two groups (8: 5 models, 16: 2 models), none a multiple of 4.
+features = [rng.normal(size=(3, d))[labels] + rng.normal(size=(60, d))
+            for d in (5, 7, 6, 8, 5, 12, 16)]
+probs = [rng.dirichlet(np.ones(4), size=60) for _ in features]
+held = jnp.asarray(np.stack([f[:, :5] for f in features]).astype(np.float32))
+mesh = engine.make_mesh()
+results = {"devices": mesh.size, "diffs": {}}
+for name in ("logme", "hscore", "leep", "etran"):
+    for inputs, label in ((features, "numpy"), (held, "jax")):
+        unsharded = estimators.score_models(name, inputs, labels, probs)
+        sharded = estimators.score_models(name, inputs, labels, probs, mesh=mesh)
+        results["diffs"][f"{name} {label}"] = float(np.max(np.abs(sharded - unsharded)
+                                                        / np.maximum(1, abs(unsharded))))
+placed = {}
+for label, inputs in (("numpy", features), ("jax", held)):
+    model = _batch.place(mesh, inputs, probs, [0, 1, 2, 3, 4, 0, 1, 2], 8, [0, 1, 2, 3, 4])
+    placed[label] = [sorted((shard.device.id, shard.data.shape[0])
+                            for shard in x.addressable_shards)
+                     for x in (model.features, model.dim, model.probs)]
+results["placed"] = placed
+print(json.dumps(results))
+"""
+
+
+def test_sharded_scores_equal_unsharded():
+    """With 4 CPU devices, ``mesh=`` scores as unsharded, from NumPy lists of several
+    widths (groups of 5 and 2 models, padded to 8 and 4) and from a JAX array, and puts
+    2 of 8 models on each device."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["devices"] == 4
+    for case, diff in results["diffs"].items():
+        assert diff <= 1e-12, case
+    for label, shards in results["placed"].items():
+        assert all(len({d for d, _ in s}) == 4 and all(n == 2 for _, n in s)
+                   for s in shards), label
+
+
+def test_sharded_needs_a_models_axis():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+    features, labels, _ = _toy(num_samples=12, dim=3)
+    with pytest.raises(ValueError, match="models"):
+        estimators.score_models("logme", [features], labels, mesh=mesh)

@@ -131,7 +131,7 @@ def score(name, features, labels, probs=None, **options):
     return estimator.function(features, labels, **options)
 
 
-def score_models(name, features_list, labels, probs_list=None, **options):
+def score_models(name, features_list, labels, probs_list=None, *, mesh=None, **options):
     """``scores[M]`` (NumPy float64) of many models on one task by estimator ``name``.
 
     ``features_list``: M arrays ``[N, D_m]`` (widths may differ; they are zero-padded and
@@ -140,6 +140,14 @@ def score_models(name, features_list, labels, probs_list=None, **options):
     estimators (ncti, etran) are normalised over these M models. ``options`` as in
     :func:`score`, plus ``batch_size``: models mapped together per step (default: all at
     once on accelerators, one at a time in a compiled loop on CPU, where that is faster;
-    a 3-D ``jax.Array`` of equally wide models is used without a copy).
+    a 3-D ``jax.Array`` of equally wide models is used without a copy). JAX arrays (a 3-D
+    one, or a list of 2-D ones) are stacked on their devices, never copied to the host.
+
+    ``mesh``: a `jax.sharding.Mesh` with a ``"models"`` axis
+    (``fennec_jax.ranking.engine.make_mesh``): each of its devices scores its share of the
+    models (every estimator but parc, which maps its own loop). Over several processes
+    (``fennec_jax.ranking.distributed``) every process passes the same inputs, or JAX
+    arrays on the global mesh, and gets all M scores.
     """
-    return get(name).models(features_list, labels, probs_list, **options)
+    with _batch.sharded(mesh):
+        return get(name).models(features_list, labels, probs_list, **options)
