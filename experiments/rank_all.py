@@ -67,6 +67,10 @@ _EVAL_PROBES = flags.DEFINE_integer("eval_probes", 3, "k for the leave-one-task-
 _EVAL_SEEDS = flags.DEFINE_integer("eval_seeds", 5, "Seeds for the leave-one-task-out check.", lower_bound=1)
 _EVAL_MAX_TASKS = flags.DEFINE_integer("eval_max_tasks", 12, "The check holds out at most this many targets "
                                        "(evenly spaced), each against all the others.", lower_bound=2)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several "
+                                   "processes (README: Running on several hosts).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index, 0 to --num_processes - 1.", lower_bound=0)
 _OUT = flags.DEFINE_string("out", "runs/rank_all", "Output folder.")
 _FORMAT = flags.DEFINE_list("format", None, "Output formats, csv and/or parquet (default: csv; "
                             "with --space, parquet).")
@@ -113,8 +117,11 @@ def _task_range() -> tuple[int, int] | None:
     return start, stop
 
 
-def _rank_space() -> None:
-    """rank_all --space: the space job (fennec_jax/ranking/space_job.py)."""
+def _rank_space(several: bool) -> None:
+    """rank_all --space: the space job (fennec_jax/ranking/space_job.py); over every device of
+    every process when ``several``."""
+    from fennec_jax.ranking import engine
+
     given = [name for name, flag in (("--records", _RECORDS), ("--benchmarks", _BENCHMARKS),
                                      ("--export_space", _EXPORT_SPACE)) if flag.value]
     if given:
@@ -126,7 +133,8 @@ def _rank_space() -> None:
     try:
         space = space_job.load_space(_SPACE.value)
         summary = space_job.run_space_job(space, job, _OUT.value, _formats("parquet"),
-                                          log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                                          log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                                          mesh=engine.make_mesh() if several else None)
     except space_job.SpaceError as err:
         raise cli.InputError(str(err)) from None
     what = f"top {job.top_k}" if job.top_k else "every model"
@@ -136,9 +144,25 @@ def _rank_space() -> None:
           f"{time.perf_counter() - start:.1f} s")
 
 
+def _join_processes() -> bool:
+    """Joins the multi-process run the flags describe (README: Running on several hosts);
+    True when this process is one of several."""
+    from fennec_jax.ranking import distributed
+
+    try:
+        return distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as err:
+        raise cli.InputError(f"--{str(err).split(':')[0]}: {str(err).split(':', 1)[1].strip()}") from None
+
+
 def main():
+    several = _join_processes()
     if _SPACE.value:
-        _rank_space()
+        _rank_space(several)
+        return
+    if several and _PROCESS_ID.value != 0:
+        print(f"process {_PROCESS_ID.value}: ranking a records table runs on process 0 (the fit and the tables of "
+              f"one benchmark fit one host); --space splits the models over every process")
         return
     if _TASKS.value or _TASK_RANGE.value:
         raise cli.InputError("--tasks and --task_range go with --space")

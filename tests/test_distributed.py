@@ -148,3 +148,35 @@ def test_initialize_one_process_is_a_no_op():
 def test_initialize_checks_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         distributed.initialize(*args)
+
+
+@pytest.mark.skipif(not hasattr(_jax, "make_gloo_tcp_collectives"),
+                    reason="this jaxlib has no gloo CPU collectives across processes")
+def test_rank_all_space_over_two_processes_equals_one(tmp_path):
+    """``rank_all --space`` over 2 processes (models split over both) writes the files a
+    1-process run writes, byte for byte, once (process 0)."""
+    rng = np.random.default_rng(3)
+    space = tmp_path / "space"
+    space.mkdir()
+    np.save(space / "model_vecs.npy", rng.normal(size=(501, 6)).astype(np.float32))
+    np.save(space / "task_vecs.npy", rng.normal(size=(9, 6)).astype(np.float32))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    command = [sys.executable, "-m", "experiments.rank_all", f"--space={space}", "--top_k=5",
+               "--format=csv,parquet"]
+    port = _free_port()
+    runs = [subprocess.Popen(command + [f"--out={tmp_path / 'one'}"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)]
+    runs += [subprocess.Popen(command + [f"--out={tmp_path / 'two'}", f"--coordinator_address=127.0.0.1:{port}",
+                                         "--num_processes=2", f"--process_id={i}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        errors = [run.communicate(timeout=180)[1] for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    for run, stderr in zip(runs, errors):
+        assert run.returncode == 0, stderr[-3000:]
+    for name in ("rankings.csv", "rankings.parquet"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    assert len((tmp_path / "one" / "rankings.csv").read_text().splitlines()) == 1 + 9 * 5

@@ -42,16 +42,18 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from jax.experimental import multihost_utils
 
 import fennec_jax
 from fennec_jax.core import atomic_io
 from fennec_jax.core.records import Benchmark
 from fennec_jax.methods.base import RankingMethod
-from fennec_jax.ranking import engine, outputs
+from fennec_jax.ranking import distributed, engine, outputs
 from fennec_jax.ranking.rank import task_evidence
 
 __all__ = ["SpaceError", "Space", "SpaceJob", "load_space", "select_tasks", "run_space_job",
@@ -209,11 +211,11 @@ def select_tasks(space: Space, tasks: Sequence[str] | None = None,
 # ------------------------------------------------------------------------------ ranking
 
 
-def _shard_table(space: Space, device_space, rows: np.ndarray, k: int) -> pa.Table:
+def _shard_table(space: Space, device_space, rows: np.ndarray, k: int, mesh) -> pa.Table:
     """The rankings of the tasks at ``rows``: k rows per task, best first."""
     model_vecs, model_bias = device_space
     values, indices = engine.top_k(model_vecs, space.task_vecs[rows], k, model_bias=model_bias,
-                                   task_bias=space.task_bias[rows])
+                                   task_bias=space.task_bias[rows], mesh=mesh)
     names = pa.array([space.tasks[r] for r in rows])
     return pa.table({
         "task": names.take(np.repeat(np.arange(len(rows)), k)),
@@ -223,11 +225,24 @@ def _shard_table(space: Space, device_space, rows: np.ndarray, k: int) -> pa.Tab
     }, schema=SCHEMA)
 
 
+def _agreed(flag: bool) -> bool:
+    """``flag`` as process 0 sees it, on every process (a shard every process skips or
+    computes together: each shard's ranking is a collective over the mesh)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def run_space_job(space: Space, job: SpaceJob, out: str, formats: Sequence[str] = ("parquet",),
-                  log: Callable[[str], None] = lambda msg: None) -> dict:
+                  log: Callable[[str], None] = lambda msg: None, mesh=None) -> dict:
     """Runs (or resumes) the job: ranks the selected tasks shard by shard, writes
     ``rankings.parquet`` and/or ``rankings.csv`` (``formats``) and ``summary.json``; returns
-    the summary. Raises SpaceError on a bad argument."""
+    the summary. Raises SpaceError on a bad argument.
+
+    With a ``mesh`` (``engine.make_mesh()``; after :func:`fennec_jax.ranking.distributed.initialize`
+    it spans every process), the models are split over its devices and every process ranks
+    each shard with the others; process 0 alone writes the files (every process gets the
+    whole rankings, so its files equal a one-process run's)."""
     if not formats or any(f not in outputs.FORMATS for f in formats):
         raise SpaceError(f"formats: expected one or more of {outputs.FORMATS}, got {tuple(formats)}")
     num_models = len(space.model_vecs)
@@ -248,27 +263,35 @@ def run_space_job(space: Space, job: SpaceJob, out: str, formats: Sequence[str] 
            "package_version": fennec_jax.__version__, "parts_format": _PARTS_FORMAT}
     key = json.loads(json.dumps(key))
     job_path = os.path.join(part_dir, "job.json")
-    if os.path.exists(job_path):
+    writes = distributed.is_main()
+    if writes and os.path.exists(job_path):
         with open(job_path) as f:
             if json.load(f) != key:
                 log("earlier parts were made with other arguments or another space; starting afresh")
                 shutil.rmtree(part_dir)
-    atomic_io.write_json(job_path, key)
+    if writes:
+        atomic_io.write_json(job_path, key)
 
     device_space = None  # the models on the device, once for every shard
     paths = [os.path.join(part_dir, f"shard-{i:05d}.parquet") for i in range(len(shards))]
     for i, (path, shard) in enumerate(zip(paths, shards)):
-        if os.path.exists(path):
+        if _agreed(writes and os.path.exists(path)):
             log(f"shard {i + 1}/{len(shards)} already done")
             continue
-        if device_space is None:
-            device_space = (jnp.asarray(space.model_vecs, jnp.float32),
-                            jnp.asarray(space.model_bias, jnp.float32))
-        outputs.write_parquet(path, SCHEMA, [_shard_table(space, device_space, shard, k)])
+        if device_space is None:  # on the device once; with a mesh, top_k places them on it
+            to = np.asarray if mesh is not None else jnp.asarray
+            device_space = (to(space.model_vecs, np.float32), to(space.model_bias, np.float32))
+        table = _shard_table(space, device_space, shard, k, mesh)
+        if writes:
+            outputs.write_parquet(path, SCHEMA, [table])
         log(f"shard {i + 1}/{len(shards)} ranked ({len(shard)} tasks)")
 
     read = lambda: (pq.read_table(path, schema=SCHEMA) for path in paths)
     total = 0
+    if not writes:
+        return {"models": num_models, "tasks": len(space.tasks), "tasks_ranked": len(rows), "top_k": job.top_k,
+                "rows": len(rows) * k, "shards": len(shards), "formats": list(formats),
+                "note": "written by process 0"}
     if "parquet" in formats:
         total = outputs.write_parquet(os.path.join(out, "rankings.parquet"), SCHEMA, read())
     if "csv" in formats:
