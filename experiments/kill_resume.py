@@ -3,19 +3,26 @@
   ./run.sh kill_resume [--programs=rank_all,fit_zoo_rank,build_benchmark] [--kills=20] [--out=runs/kill_resume]
 
 For each program (small arguments, so that a run takes seconds): one uninterrupted run gives
-the reference folder. Then ``--kills`` times, in a fresh folder: the program is started, killed
+the reference folder. Then ``--kills`` times, from an empty folder: the program is started, killed
 with SIGKILL at a moment drawn uniformly over the reference run's duration, the folder is
-inspected, and the program is rerun with the same arguments to completion. Checked:
+inspected, and the program is rerun with the same arguments to completion (every run writes
+to the same folder; the reference is moved aside). Checked:
 
 * at the kill, every file visible under a name the finished run also writes has the finished
   run's content (nothing half-written under a final name), and every other visible file is a
   hidden temporary (its name starts with ``.``);
 * after the rerun, the folder holds the same files as the reference, byte for byte.
 
-Run-to-run differences that are not the output: JSON files are compared after dropping keys
-that hold timings (any key containing ``seconds``), and orbax's checkpoint metadata
-(``_CHECKPOINT_METADATA``, which records the time the checkpoint was written) is compared
-without its timestamps. Nothing else is exempt. Writes OUT/report.json and OUT/report.md.
+Run-to-run differences that are not the output: measured times. JSON files and ``.npz`` files
+(the builder's stages record how long a stage took) are compared after dropping keys that hold
+timings (any key containing ``seconds``); ``report.md`` / ``report.html`` beside a
+``report.json`` are renderings of it, with its timings in them (a seconds column, "built in N
+s"), so they are compared through that ``report.json``. An orbax checkpoint folder (one holding
+``_CHECKPOINT_METADATA``) is compared by what it restores to (every array bit for bit, and its
+metadata), not by its files: orbax names its data files at random and stamps the time it
+wrote them, so two writes of the same arrays never match byte for byte; for the same reason a
+zoo's digest of its ``method/`` checkpoint files (``method_digest``) is left out. Nothing else
+is exempt. Writes OUT/report.json and OUT/report.md.
 """
 
 import json
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import flags
 
 from experiments import cli
@@ -43,7 +51,7 @@ _BUILD = ["--families=resnet18", "--num_sources=2", "--num_targets=3", "--source
           "--probes=1", "--probe_seeds=1"]
 
 
-def _commands(program: str, out: str, scratch: str) -> list[list[str]]:
+def _commands(program: str, out: str) -> list[list[str]]:
     """The program's command lines (run in sequence) writing into ``out``."""
     if program == "rank_all":
         return [_PY + ["experiments.rank_all", "--benchmarks=parc_controlled", "--method=knn_task", "--eval_seeds=1",
@@ -52,12 +60,12 @@ def _commands(program: str, out: str, scratch: str) -> list[list[str]]:
         from fennec_jax.zoo import default
 
         records = os.path.join(os.path.dirname(default.__file__), "..", "bundled", "builder", "records.csv")
-        task = os.path.join(scratch, "sample_task")
-        if not os.path.isdir(task):
-            default.write_sample_task(task)
+        # A zoo without task data (fast to fit) ranks a new task from probes.
+        probes = "resnet18@src_digits_all=0.9,mobilenet_v2@src_faces=0.6,googlenet@src_patches_all=0.7"
         return [_PY + ["experiments.fit_zoo", f"--records={os.path.abspath(records)}", f"--out={out}/zoo",
                        "--overwrite"],
-                _PY + ["experiments.rank", f"--zoo={out}/zoo", f"--task={task}", f"--out={out}/rank"]]
+                _PY + ["experiments.rank", f"--zoo={out}/zoo", f"--probes={probes}", "--task_meta=task=new",
+                       f"--out={out}/rank"]]
     if program == "build_benchmark":
         return [_PY + ["experiments.build_benchmark", *_BUILD, f"--out={out}"]]
     raise cli.InputError(f"--programs: unknown program {program!r}; expected rank_all, fit_zoo_rank, build_benchmark")
@@ -86,8 +94,15 @@ def _ignored(rel: str) -> bool:
 
 
 def _files(root: str) -> dict[str, str]:
+    """``{relative path: path}`` of the outputs under ``root``: files, and checkpoint folders
+    as one entry each."""
     out = {}
     for folder, dirs, names in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        if "_CHECKPOINT_METADATA" in names and not _ignored(rel):
+            out[rel] = folder
+            dirs.clear()
+            continue
         for name in names:
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, root)
@@ -96,23 +111,48 @@ def _files(root: str) -> dict[str, str]:
     return out
 
 
+def _restored(path: str):
+    from fennec_jax.core import checkpoint
+
+    meta, arrays = checkpoint.restore_arrays(path, checkpoint.stored_format(path), "compared")
+    return _strip(meta), {name: (a.dtype.str, a.shape, a.tobytes()) for name, a in arrays.items()}
+
+
 def _strip(value):
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if "seconds" not in k and "timestamp" not in k}
+        return {k: _strip(v) for k, v in value.items() if "seconds" not in k and k not in ("method_digest", "checksum")}
     if isinstance(value, list):
         return [_strip(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return "NaN"  # NaN != NaN: compared as a token
     return value
 
 
 def _same(a: str, b: str) -> bool:
+    if os.path.isdir(a) or os.path.isdir(b):
+        try:
+            return os.path.isdir(a) and os.path.isdir(b) and _restored(a) == _restored(b)
+        except ValueError:  # CheckpointError: unreadable, so not the same
+            return False
     with open(a, "rb") as fa, open(b, "rb") as fb:
         da, db = fa.read(), fb.read()
     if da == db:
         return True
-    if a.endswith(".json") or os.path.basename(a) == "_CHECKPOINT_METADATA":
+    if a.endswith(".json"):
         try:
             return _strip(json.loads(da)) == _strip(json.loads(db))
         except ValueError:
+            return False
+    if os.path.basename(a) in ("report.md", "report.html") and os.path.exists(
+            os.path.join(os.path.dirname(a), "report.json")):
+        return _same(os.path.join(os.path.dirname(a), "report.json"), os.path.join(os.path.dirname(b), "report.json"))
+    if a.endswith(".npz"):
+        try:
+            with np.load(a) as za, np.load(b) as zb:
+                keys = [k for k in za.files if "seconds" not in k]
+                return keys == [k for k in zb.files if "seconds" not in k] and all(
+                    np.array_equal(za[k], zb[k]) for k in keys)
+        except (ValueError, OSError):
             return False
     return False
 
@@ -125,13 +165,14 @@ def _check_program(program: str, root: str, rng: random.Random) -> dict:
     scratch = os.path.join(root, program)
     shutil.rmtree(scratch, ignore_errors=True)
     os.makedirs(scratch)
+    out = os.path.join(scratch, "run")  # every run writes here: the same arguments each time
+    commands = _commands(program, out)
+    _, seconds = _run(commands)
     ref = os.path.join(scratch, "reference")
-    _, seconds = _run(_commands(program, ref, scratch))
+    os.rename(out, ref)
     ref_files = _files(ref)
     trials = []
     for i in range(_KILLS.value):
-        out = os.path.join(scratch, f"trial{i:02d}")
-        commands = _commands(program, out, scratch)
         at = rng.uniform(0.0, 0.95 * seconds)
         completed, _ = _run(commands, kill_after=at)
         visible = _files(out) if os.path.isdir(out) else {}

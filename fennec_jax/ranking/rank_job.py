@@ -134,7 +134,7 @@ def _rank_benchmark(bench: Benchmark, method: RankingMethod, job: RankJob, out: 
         "models": bench.records.num_models,
         "tasks": len(bench.targets),
         "shards": len(shards),
-        "checkpoint": ckpt_dir if os.path.exists(ckpt_dir) else None,
+        "checkpoint": os.path.relpath(ckpt_dir, out) if os.path.exists(ckpt_dir) else None,  # under out
         "dropped": dict(bench.records.dropped),
         # What a method that chooses (auto) chose on all records, and why.
         "choice": method.report(state) if hasattr(method, "report") else None,
