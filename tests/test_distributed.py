@@ -90,15 +90,20 @@ def _start(tmp_path, processes, devices_per_process):
         for index in range(processes)]
 
 
+def _finish(processes):
+    """Waits for ``processes`` (killed after 180 s); each must exit 0."""
+    try:
+        errors = [process.communicate(timeout=180)[1] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, stderr in zip(processes, errors):
+        assert process.returncode == 0, stderr[-3000:]
+
+
 def _parts(out, workers):
     """The parts written by ``workers``, in process order, once they are done."""
-    try:
-        errors = [worker.communicate(timeout=180)[1] for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-    for worker, stderr in zip(workers, errors):
-        assert worker.returncode == 0, stderr[-3000:]
+    _finish(workers)
     parts = sorted(out.iterdir())
     assert len(parts) == len(workers)
     return [json.loads(part.read_text()) for part in parts]
@@ -170,13 +175,7 @@ def test_rank_all_space_over_two_processes_equals_one(tmp_path):
                                          "--num_processes=2", f"--process_id={i}"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    try:
-        errors = [run.communicate(timeout=180)[1] for run in runs]
-    finally:
-        for run in runs:
-            run.kill()
-    for run, stderr in zip(runs, errors):
-        assert run.returncode == 0, stderr[-3000:]
+    _finish(runs)
     for name in ("rankings.csv", "rankings.parquet"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
     assert len((tmp_path / "one" / "rankings.csv").read_text().splitlines()) == 1 + 9 * 5

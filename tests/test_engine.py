@@ -1,9 +1,5 @@
 """Tests for fennec_jax.ranking.engine: exact streaming top-k, sharding, ranking, validation."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -12,6 +8,7 @@ import numpy as np
 import pytest
 
 from fennec_jax.ranking import engine
+from forced_devices import run_on_cpu_devices
 
 
 def _zoo(num_models, num_tasks, dim=8, seed=0):
@@ -251,12 +248,7 @@ _FOUR_DEVICES = textwrap.dedent("""
 
 
 def test_four_cpu_devices_equal_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_on_cpu_devices(_FOUR_DEVICES)
     assert results["devices"] == results["mesh_devices"] == 4
     for case in results["cases"]:
         assert case == {"same_indices": True, "same_values": True, "exact": True}

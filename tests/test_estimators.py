@@ -5,8 +5,6 @@ every estimator must survive with a defined value or a clear error."""
 import importlib
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +15,7 @@ import scipy.stats
 from fennec_jax import estimators
 from fennec_jax.estimators import _batch as batching
 from fennec_jax.estimators import reference
+from forced_devices import run_on_cpu_devices
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "estimators")
 with open(os.path.join(DATA, "golden.json")) as f:
@@ -556,12 +555,7 @@ def test_sharded_scores_equal_unsharded():
     """With 4 CPU devices, ``mesh=`` scores as unsharded, from NumPy lists of several
     widths (groups of 5 and 2 models, padded to 8 and 4) and from a JAX array, and puts
     2 of 8 models on each device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_on_cpu_devices(_FOUR_DEVICES)
     assert results["devices"] == 4
     for case, diff in results["diffs"].items():
         assert diff <= 1e-12, case
