@@ -153,9 +153,23 @@ def test_proxies_and_model_table_paths_and_bad_inputs():
         spider.fit_spider(records, CONFIG, model_table={n: table[n] for n in names[1:]})
     with pytest.raises(ValueError, match="divisible"):
         spider.SpiderConfig(d=7, heads=2)
-    # Unseen models get tokens from the table: scored next to the history's models.
-    grown = spider.add_models(state, ["new0", "new1"], np.stack([table["m0"], table["m7"]]))
-    assert spider.score_tasks(grown, [TaskEvidence()]).shape == (1, M + 2)
+    # Unseen models get tokens from the table, scored next to the history's models, which keep
+    # their scores. A new model with m0's (m7's) table row scores as m0 (m7) does with its own
+    # free vector zeroed and the mean bias: placed by its features alone.
+    first_stage = dataclasses.replace(state, rerank=0)
+    grown = spider.add_models(first_stage, ["new0", "new1"], np.stack([table["m0"], table["m7"]]))
+    assert grown.models == (*names, "new0", "new1")
+    evidences = [TaskEvidence(), TaskEvidence(proxy=np.array([0.0, 1.0, 0.0])),
+                 TaskEvidence([1, 4, 6], [3.0, 9.0, 1.0])]
+    after = spider.score_tasks(grown, evidences)
+    np.testing.assert_allclose(after[:, :M], spider.score_tasks(first_stage, evidences), rtol=1e-5, atol=1e-5)
+    p = first_stage.params["params"]
+    twins = np.isin(np.arange(M), [0, 7])
+    featured_only = {"params": {**p, "model_free": np.where(twins[:, None], 0.0, p["model_free"]),
+                                "model_bias": np.where(twins, p["model_bias"].mean(), p["model_bias"])}}
+    duplicates = spider.score_tasks(dataclasses.replace(first_stage, params=featured_only), evidences)[:, twins]
+    np.testing.assert_allclose(after[:, M:], duplicates, rtol=1e-5, atol=1e-5)
+    assert np.abs(after[:, M] - after[:, M + 1]).max() > 1e-2  # the rows place them apart
     with pytest.raises(ValueError, match=r"table_rows: expected finite \[1, 3\]"):
         spider.add_models(state, ["new2"], np.ones((1, 4)))
 

@@ -784,5 +784,3 @@ def forward_seconds(family: str, num_images: int, *, image_size: int = 224, widt
         jax.block_until_ready(forward(variables, batch))
     return time.perf_counter() - start
 
-
-# ----------------------------------------------------------------------------- comparison

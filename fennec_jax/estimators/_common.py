@@ -24,6 +24,8 @@ import numpy as np
 
 # Row sums of probs may differ from 1 by this much (float32 softmax output passes).
 _PROBS_SUM_ATOL = 1e-3
+# Candidate-set components closer than this, relative to their size, count as equal (minmax).
+_MINMAX_RTOL = 1e-6
 
 
 def float64():
@@ -170,8 +172,11 @@ def dim_mask(width, dim):
 
 
 def minmax(values):
-    """``values[M]`` rescaled to [0, 1] over the candidate set; all 0 when they are equal
-    (a set of one model included)."""
+    """``values[M]`` rescaled to [0, 1] over the candidate set; all 0 when they are equal to
+    within :data:`_MINMAX_RTOL` of their magnitude (a set of one model included): a smaller
+    spread, e.g. between two models whose features differ by 1e-9, is below what float32
+    features resolve, and stretching it to the whole [0, 1] would rank them by rounding."""
     low, high = values.min(), values.max()
     span = high - low
-    return jnp.where(span > 0, (values - low) / jnp.where(span > 0, span, 1.0), 0.0)
+    spread = span > _MINMAX_RTOL * jnp.maximum(jnp.abs(low), jnp.abs(high))
+    return jnp.where(spread, (values - low) / jnp.where(spread, span, 1.0), 0.0)

@@ -240,7 +240,8 @@ def principal_components(x, k):
     Returns ``(scores[N, k], variances[k], total_variance)``: ``scores = x V_k`` (``V_k``
     the leading eigenvectors of ``xᵀx``, descending), ``variances`` the eigenvalues over
     ``N - 1`` (scikit-learn's ``explained_variance_``). When ``min(N, W) < k`` the missing
-    components are zero columns with zero variance. Signs follow scikit-learn's PCA.
+    components are zero columns with zero variance, and so are those past the rank of ``x``.
+    Signs follow scikit-learn's PCA.
     """
     n = x.shape[0]
     if _wide(x):
@@ -251,6 +252,10 @@ def principal_components(x, k):
         s, v = jnp.linalg.eigh(gram(x))
         s, v = jnp.maximum(s[::-1], 0.0), v[:, ::-1]
         scores = x @ v
+    # Past the rank of x the eigenvalues are rounding (about eps * the largest): those
+    # components are exactly zero, not noise that a later per-column scaling would blow up.
+    beyond_rank = s <= max(x.shape) * jnp.finfo(s.dtype).eps * s[0]
+    s, scores = jnp.where(beyond_rank, 0.0, s), jnp.where(beyond_rank, 0.0, scores)
     scores, s = scores[:, :k], s[:k]
     # scikit-learn's sign convention (svd_flip, u_based_decision=False): the largest
     # |loading| of each component is positive. loadings = xᵀ scores / s, up to scale.
