@@ -3,6 +3,10 @@
 A reader (or a crash) never sees a half-written file: the target is either the old file or the
 complete new one. The file gets the mode ``open`` would give it (0o666 less the umask: 0o644
 under umask 022), not ``tempfile.mkstemp``'s 0o600, so others can read what a job writes.
+
+Temporaries are hidden names beside the target (``.NAME.RANDOM.tmp``; a replaced folder passes
+through ``.NAME.RANDOM.old``). A writer killed mid-write leaves its temporary behind; the next
+write of the same target removes it (one writer per target at a time).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -20,9 +25,23 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 __all__ = ["replacing", "write_bytes", "write_text", "write_json", "write_csv", "write_folder"]
 
 
+def _sweep(folder: str, name: str) -> None:
+    """Removes the temporaries an earlier, killed write of ``folder/name`` left behind."""
+    stale = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]{{6,16}}\.(tmp|old)")
+    for entry in os.scandir(folder):
+        if stale.fullmatch(entry.name):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
 def _create_temp(folder: str, name: str) -> tuple[int, str]:
     """A new, empty file ``folder/.name.RANDOM.tmp`` opened for writing, created with mode
-    0o666 less the umask; returns its descriptor and path."""
+    0o666 less the umask (stale temporaries of ``name`` removed first); returns its descriptor
+    and path."""
+    _sweep(folder, name)
     while True:
         tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
         try:
@@ -89,6 +108,7 @@ def write_folder(path: str, fill: Callable[[str], None], *, overwrite: bool = Fa
         raise FileExistsError(f"{path}: already exists")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
+    _sweep(parent, os.path.basename(path))
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
     try:
         umask = os.umask(0)
