@@ -68,8 +68,13 @@ def main():
         task, weights = _rerank_inputs(task, zoo)
     ranking = zoo.rank(task, probes=probes, metadata=metadata, encoder=encoder, level=_LEVEL.value, progress=True)
     if _RERANK.value:
+        import jax
+
+        from fennec_jax.ranking import engine
+
         ranking = rerank.rerank(ranking, task, weights, _RERANK.value, estimator=_RERANK_ESTIMATOR.value,
-                                weight=_RERANK_WEIGHT.value, progress=lambda msg: print(msg, file=sys.stderr))
+                                weight=_RERANK_WEIGHT.value, progress=lambda msg: print(msg, file=sys.stderr),
+                                mesh=engine.make_mesh() if jax.device_count() > 1 else None)
     out = _OUT.value or os.path.join("runs", "rank", ranking.task)
     paths = write_ranking(out, ranking, zoo_flags.zoo_name(), _TOP_K.value)
     print(f"{ranking.task}: {len(zoo.models)} models ranked from {ranking.evidence} "

@@ -137,6 +137,22 @@ def test_extract_features_shapes_probs_and_batching_invariance(models, examples)
     assert no_probs.probs is None and no_probs.features.shape == (10, 32)
 
 
+def test_extract_features_of_models_equals_each_model_alone(models, examples):
+    batches, _ = examples
+    inputs = np.concatenate(list(batches))[:50]
+    names = ("trained", "random", "trained")
+    stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *(models[n] for n in names))
+    together = F.extract_features_of_models(MLP().apply, stacked, inputs, 16, with_probs=True)
+    assert together.features.shape == (3, 50, 32) and together.probs.shape == (3, 50, NUM_CLASSES)
+    for m, name in enumerate(names):
+        alone = F.extract_features(MLP().apply, models[name], inputs, 16, with_probs=True, progress=False)
+        np.testing.assert_allclose(together.features[m], alone.features, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together.probs[m], alone.probs, rtol=1e-5, atol=1e-7)
+    ragged = {"a": np.zeros((3, 2)), "b": np.zeros((2, 2))}
+    with pytest.raises(ValueError, match="one leading model axis"):
+        F.extract_features_of_models(MLP().apply, ragged, inputs, 16)
+
+
 def test_estimators_rank_the_trained_model_first(models, examples):
     """On the held-out half of the digits, LogME (features) and LEEP (probs) score the
     trained MLP above the same MLP at its random initialisation."""

@@ -15,6 +15,7 @@ from fennec_jax.ranking.table import RankingTable
 from fennec_jax.zoo import rerank
 from fennec_jax.zoo.task_data import TaskData
 from fennec_jax.zoo.zoo import TaskRanking, ZooError
+from forced_devices import run_on_cpu_devices
 
 _SIDE = 16
 _WIDTH = 0.0625
@@ -72,6 +73,45 @@ def test_candidate_features_are_the_models_own(weights_dir, task):
     logits = np.asarray(logits)[:, :4].astype(np.float64)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(got.probs, probs / probs.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_models_run_together_as_each_alone(weights_dir, task):
+    """Three models stacked in one vmapped pass give each one's own features, in order."""
+    entries = rerank.read_weights_dir(weights_dir)
+    together = rerank.candidate_features([entries[m] for m in "cab"], task)
+    for name, got in zip("cab", together):
+        (alone,) = rerank.candidate_features([entries[name]], task)
+        np.testing.assert_allclose(got.features, alone.features, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.probs, alone.probs, rtol=1e-5, atol=1e-7)
+
+
+_SHARDED = """
+import json, sys
+import numpy as np
+from fennec_jax.ranking import engine
+from fennec_jax.zoo import rerank
+from fennec_jax.zoo.task_data import TaskData
+folder = sys.argv[1]
+images = np.random.default_rng(0).integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
+task = TaskData("t", np.repeat(np.arange(2), 5).astype(np.int32), ("0", "1"), images=list(images))
+entries = [rerank.read_weights_dir(folder)[m] for m in "abc"]
+mesh = engine.make_mesh()
+split = rerank.candidate_features(entries, task, mesh=mesh, batch_size=4)
+whole = rerank.candidate_features(entries, task, batch_size=4)
+print(json.dumps({"devices": int(mesh.size), "diff": max(float(np.abs(a.features - b.features).max())
+                                                      for a, b in zip(split, whole)),
+                  "scores": rerank.estimator_scores("logme", split, task.labels, mesh=mesh).tolist(),
+                  "reference": rerank.estimator_scores("logme", whole, task.labels).tolist()}))
+"""
+
+
+def test_forward_passes_split_over_devices_equal_one_device(weights_dir):
+    """3 models over 4 forced CPU devices (padded to 4): the features and the LogME scores
+    equal the one-device run's (to float32 rounding: each device sums in its own order)."""
+    results = run_on_cpu_devices(_SHARDED.replace("sys.argv[1]", repr(weights_dir)))
+    assert results["devices"] == 4
+    assert results["diff"] <= 1e-5
+    np.testing.assert_allclose(results["scores"], results["reference"], rtol=1e-6)
 
 
 def test_rerank_reorders_the_top_in_their_slots(weights_dir, task):

@@ -34,6 +34,11 @@ Weights folder (``--weights=DIR``): ``DIR/architectures.csv``, one row per model
                    ``MODEL.pth``), in PyTorch layout (:func:`fennec_jax.encoders.weights.load_torchvision`).
 =================  ==========================================================================
 
+Models that run alike (same architecture, head, width and preprocessing) are stacked and run
+in one vmapped forward pass per batch of images, split over the devices of a mesh when one is
+given (:func:`fennec_jax.encoders.features.extract_features_of_models`): with many models
+this is the job that needs many accelerators.
+
 Models of the set that the folder does not list are left where they are, and the ranking says
 how many were re-scored.
 """
@@ -51,11 +56,11 @@ import numpy as np
 
 from fennec_jax.archs import architectures
 from fennec_jax.encoders import features as features_lib
-from fennec_jax.encoders.proxy import ImageProxy, resize_center_crop
+from fennec_jax.encoders.proxy import resize_center_crop
 from fennec_jax.zoo.task_data import TaskData
 from fennec_jax.zoo.zoo import TaskRanking, ZooError
 
-__all__ = ["WeightsEntry", "read_weights_dir", "candidate_encoder", "candidates", "candidate_features",
+__all__ = ["WeightsEntry", "read_weights_dir", "candidates", "candidate_features",
            "estimator_scores", "reorder", "rerank", "DEFAULT_WEIGHT", "PREPROCESS"]
 
 DEFAULT_WEIGHT = 0.5
@@ -168,26 +173,24 @@ def _apply_fn(architecture: str, num_classes: int, width: float, source_classes:
     return apply_fn
 
 
-def candidate_encoder(entry: WeightsEntry) -> ImageProxy:
-    """The model of ``entry`` with its weights, as an encoder whose ``embed_images(...,
-    with_probs=True)`` gives its features and source-head probabilities."""
+def _variables(entry: WeightsEntry):
+    """The model's variables read from its checkpoint (ZooError naming it if they do not fit)."""
     from fennec_jax.encoders import weights
 
     try:
-        _, variables = weights.load_torchvision(entry.architecture, entry.path, entry.num_classes,
-                                                width_multiplier=entry.width)
+        return weights.load_torchvision(entry.architecture, entry.path, entry.num_classes,
+                                        width_multiplier=entry.width)[1]
     except (ValueError, OSError) as e:
         raise ZooError(f"{entry.path}: cannot load model {entry.model!r} as {entry.architecture}: "
                        f"{str(e).splitlines()[0]}") from None
+
+
+def _preprocess(entry: WeightsEntry) -> Callable[[np.ndarray], np.ndarray]:
     if entry.preprocess == "unit":
-        preprocess = functools.partial(features_lib.preprocess_image, size=entry.image_size, mean=(0.0,) * 3,
-                                       std=(1.0,) * 3)
-    else:
-        preprocess = functools.partial(resize_center_crop, resize=256, crop=224, mean=features_lib.IMAGENET_MEAN,
-                                       std=features_lib.IMAGENET_STD)
-    return ImageProxy(f"{entry.model} ({entry.architecture})",
-                      _apply_fn(entry.architecture, entry.num_classes, entry.width, entry.source_classes),
-                      variables, preprocess, 0)
+        return functools.partial(features_lib.preprocess_image, size=entry.image_size, mean=(0.0,) * 3,
+                                 std=(1.0,) * 3)
+    return functools.partial(resize_center_crop, resize=256, crop=224, mean=features_lib.IMAGENET_MEAN,
+                             std=features_lib.IMAGENET_STD)
 
 
 def _zscores(x: np.ndarray) -> np.ndarray:
@@ -209,17 +212,35 @@ def candidates(ranking: TaskRanking, depth: int, available) -> list[int]:
     return chosen
 
 
-def candidate_features(entries, data: TaskData, progress: Callable[[str], None] = lambda msg: None
-                       ) -> list[features_lib.Features]:
-    """Each entry's features and source-head probabilities on ``data``'s images (a forward pass
-    per model; models of one architecture share one compiled pass)."""
+def candidate_features(entries, data: TaskData, progress: Callable[[str], None] = lambda msg: None, *,
+                       mesh=None, batch_size: int = 32) -> list[features_lib.Features]:
+    """Each entry's features and source-head probabilities on ``data``'s images, in the
+    entries' order. Models that run alike (architecture, head, width, preprocessing) go
+    through one vmapped forward pass together (:func:`fennec_jax.encoders.features.
+    extract_features_of_models`), split over ``mesh``'s devices when given."""
+    import jax
+
     if data.images is None:
         raise ZooError(f"{data.source or data.name}: re-ranking runs the candidates on the task's images; this task "
                        f"gives proxy features only")
-    out = []
-    for n, entry in enumerate(entries, start=1):
-        out.append(candidate_encoder(entry).embed_images(data.images, with_probs=True))
-        progress(f"re-rank forward pass {n}/{len(entries)}: {entry.model}")
+    groups: dict[tuple, list[int]] = {}
+    for i, entry in enumerate(entries):
+        key = (entry.architecture, entry.num_classes, entry.width, entry.source_classes, entry.preprocess,
+               entry.image_size)
+        groups.setdefault(key, []).append(i)
+    out: list[features_lib.Features | None] = [None] * len(entries)
+    for key, members in groups.items():
+        first = entries[members[0]]
+        stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves),
+                                         *(_variables(entries[i]) for i in members))
+        images = np.stack([_preprocess(first)(image) for image in data.images])
+        found = features_lib.extract_features_of_models(
+            _apply_fn(first.architecture, first.num_classes, first.width, first.source_classes), stacked, images,
+            batch_size, with_probs=True, mesh=mesh)
+        for j, i in enumerate(members):
+            out[i] = features_lib.Features(found.features[j], found.probs[j])
+        progress(f"re-rank forward passes: {len(members)} {first.architecture} model(s) "
+                 f"({sum(f is not None for f in out)}/{len(entries)})")
     return out
 
 
@@ -231,14 +252,16 @@ def _check_estimator(estimator: str) -> None:
                        f"choose from {', '.join(registry.method_names())}")
 
 
-def estimator_scores(estimator: str, feats: list[features_lib.Features], labels: np.ndarray) -> np.ndarray:
-    """``scores[R]`` of ``estimator`` for the models whose features are ``feats``."""
+def estimator_scores(estimator: str, feats: list[features_lib.Features], labels: np.ndarray, *,
+                     mesh=None) -> np.ndarray:
+    """``scores[R]`` of ``estimator`` for the models whose features are ``feats`` (scored
+    over ``mesh``'s devices when given)."""
     from fennec_jax.estimators import registry
 
     _check_estimator(estimator)
     probs = [np.asarray(f.probs, np.float32) for f in feats] if registry.needs_probs(estimator) else None
     return np.asarray(registry.score_models(estimator, [np.asarray(f.features, np.float32) for f in feats],
-                                            labels, probs), np.float64)
+                                            labels, probs, mesh=mesh), np.float64)
 
 
 def reorder(ranking: TaskRanking, chosen: list[int], scores: np.ndarray, *, weight: float = DEFAULT_WEIGHT,
@@ -261,7 +284,7 @@ def reorder(ranking: TaskRanking, chosen: list[int], scores: np.ndarray, *, weig
 
 def rerank(ranking: TaskRanking, data: TaskData, weights: Mapping[str, WeightsEntry], depth: int, *,
            estimator: str = "logme", weight: float = DEFAULT_WEIGHT,
-           progress: Callable[[str], None] = lambda msg: None) -> TaskRanking:
+           progress: Callable[[str], None] = lambda msg: None, mesh=None) -> TaskRanking:
     """``ranking`` with its best ``depth`` unmeasured models re-scored by ``estimator`` on
     ``data``'s examples and re-ordered in their slots (module docstring).
 
@@ -272,10 +295,12 @@ def rerank(ranking: TaskRanking, data: TaskData, weights: Mapping[str, WeightsEn
       depth: how many candidates to re-score (R >= 2).
       estimator: a registered estimator name (:func:`fennec_jax.estimators.registry.method_names`).
       weight: the estimator's weight in the blend, in [0, 1].
-      progress: called with a line per re-scored model.
+      progress: called with a line per group of models run together.
+      mesh: split the forward passes and the estimator's scoring over its devices
+        (``"models"`` axis, e.g. ``engine.make_mesh()``).
     """
     _check_estimator(estimator)  # before the forward passes
     chosen = candidates(ranking, depth, weights)
-    feats = candidate_features([weights[ranking.table.models[i]] for i in chosen], data, progress)
-    scores = estimator_scores(estimator, feats, data.labels)
+    feats = candidate_features([weights[ranking.table.models[i]] for i in chosen], data, progress, mesh=mesh)
+    scores = estimator_scores(estimator, feats, data.labels, mesh=mesh)
     return reorder(ranking, chosen, scores, weight=weight, label=f"rerank ({estimator}, {len(chosen)} models)")
