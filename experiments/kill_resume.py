@@ -11,7 +11,7 @@ to the same folder; the reference is moved aside). Checked:
 
 * at the kill, every file visible under a name the finished run also writes has the finished
   run's content (nothing half-written under a final name), and every other visible file is a
-  hidden temporary (its name starts with ``.``);
+  temporary (a hidden name, or orbax's ``NAME.orbax-checkpoint-tmp``);
 * after the rerun, the folder holds the same files as the reference, byte for byte.
 
 Run-to-run differences that are not the output: measured times. JSON files and ``.npz`` files
@@ -160,7 +160,8 @@ def _same(a: str, b: str) -> bool:
 
 
 def _hidden(rel: str) -> bool:
-    return any(part.startswith(".") for part in rel.split(os.sep))
+    """A temporary: a hidden name (ours) or orbax's ``NAME.orbax-checkpoint-tmp...``."""
+    return any(part.startswith(".") or ".orbax-checkpoint-tmp" in part for part in rel.split(os.sep))
 
 
 def _check_program(program: str, root: str, rng: random.Random) -> dict:

@@ -21,11 +21,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from experiments import cli, zoo_flags
 from fennec_jax.archs import graphs
 from fennec_jax.core import checkpoint, records, safe_pickle
 from fennec_jax.encoders import features, weights
-from fennec_jax.zoo import task_data
+from fennec_jax.zoo import probes, task_data
 
 # When orbax aborts reading a damaged file, its background threads may later report the closed
 # event loop as an unraisable exception; the error the caller gets is the one asserted.
@@ -179,7 +178,7 @@ def test_task_metadata(work, data):
 def test_probe_files(work, data):
     path = work / "probes.csv"
     path.write_bytes(data)
-    check_reader(zoo_flags.parse_probes, str(path), errors=(cli.InputError,))
+    check_reader(probes.parse_probes, str(path), errors=(probes.ProbesError,))
 
 
 # ----------------------------------------------------------------------------- graphs
