@@ -174,23 +174,17 @@ def test_package_version_inside_the_arrays_is_checked_too(saved_zoo, tmp_path, m
         load_zoo(str(target))
 
 
-def test_method_folder_from_another_zoo_is_refused(saved_zoo, tmp_path):
+@pytest.mark.parametrize("folder, message", [
     # Both method checkpoints are whole and checksummed: only the zoo's record of its own
     # method's files tells that this one belongs to another history (and would rank wrongly).
+    ("method", "method: its files differ from those the zoo was saved with"),
+    ("arrays", "differs from the zoo's checksummed metadata|method: its files differ"),
+])
+def test_a_folder_from_another_zoo_is_refused(saved_zoo, tmp_path, folder, message):
     valid, other = saved_zoo
     target = tmp_path / "zoo"
     shutil.copytree(valid, target)
-    shutil.rmtree(target / "method")
-    shutil.copytree(other / "method", target / "method")
-    with pytest.raises(ZooError, match="method: its files differ from those the zoo was saved with"):
-        load_zoo(str(target))
-
-
-def test_arrays_folder_from_another_zoo_is_refused(saved_zoo, tmp_path):
-    valid, other = saved_zoo
-    target = tmp_path / "zoo"
-    shutil.copytree(valid, target)
-    shutil.rmtree(target / "arrays")
-    shutil.copytree(other / "arrays", target / "arrays")
-    with pytest.raises(ZooError, match="differs from the zoo's checksummed metadata|method: its files differ"):
+    shutil.rmtree(target / folder)
+    shutil.copytree(other / folder, target / folder)
+    with pytest.raises(ZooError, match=message):
         load_zoo(str(target))

@@ -153,24 +153,18 @@ def test_records_parquet(work, data):
     check_reader(records.load_records, str(path))
 
 
+_TASK_META = b"task,num_classes,domain\ncifar,10,natural\npets,37,natural\n"
+
+
+@pytest.mark.parametrize("kind, seed", [("model_meta", MODEL_META), ("task_meta", _TASK_META)])
 @fuzz(40)
-@given(data=mutated(MODEL_META))
-def test_model_metadata(work, data):
+@given(data=st.data())
+def test_metadata_files(work, kind, seed, data):
     table = work / "meta_records.csv"
     table.write_bytes(LONG)
-    path = work / "model_meta.csv"
-    path.write_bytes(data)
-    check_reader(lambda p: records.load_records(str(table), model_meta=p), str(path))
-
-
-@fuzz(30)
-@given(data=mutated(b"task,num_classes,domain\ncifar,10,natural\npets,37,natural\n"))
-def test_task_metadata(work, data):
-    table = work / "meta_records.csv"
-    table.write_bytes(LONG)
-    path = work / "task_meta.csv"
-    path.write_bytes(data)
-    check_reader(lambda p: records.load_records(str(table), task_meta=p), str(path))
+    path = work / f"{kind}.csv"
+    path.write_bytes(data.draw(mutated(seed)))
+    check_reader(lambda p: records.load_records(str(table), **{kind: p}), str(path))
 
 
 @fuzz(40)
