@@ -333,7 +333,11 @@ def test_rank_all_ctrl_c_ends_in_one_line(tmp_path):
     # in it; with knn_task the whole check could end before the signal arrived.
     proc = subprocess.Popen([sys.executable, "-m", "experiments.rank_all", "--benchmarks=parc_controlled",
                              "--method=fennec", f"--out={tmp_path}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            # A job started in the background by a shell inherits SIGINT ignored,
+                            # and so would the program: give it the default disposition, as a
+                            # terminal would.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert "parc_controlled: shard 1/1 ranked" in proc.stderr.readline()
         proc.send_signal(signal.SIGINT)  # during the check (or just before it)
