@@ -46,7 +46,8 @@ from experiments import cli
 from fennec_jax.benchmarks.bundled import benchmark_names, load_benchmark
 from fennec_jax.methods.base import method_names
 from fennec_jax.ranking import outputs, space_job
-from fennec_jax.ranking.rank_job import RankJob, file_digest, run_rank_job
+from fennec_jax.core.digest import file_digest
+from fennec_jax.ranking.rank_job import RankJob, run_rank_job
 
 _BENCHMARKS = flags.DEFINE_list("benchmarks", None,
                                 f"Bundled benchmarks (default: all): {', '.join(benchmark_names())}.")

@@ -36,7 +36,6 @@ arguments: a finished run restarted with another format only assembles that file
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
@@ -83,15 +82,6 @@ class RankJob:
         """The arguments as they read back from ``job.json``."""
         key = {**dataclasses.asdict(self), "package_version": fennec_jax.__version__, "parts_format": _PARTS_FORMAT}
         return json.loads(json.dumps(key))
-
-
-def file_digest(path: str) -> str:
-    """SHA-256 of a file's bytes (identifies a user's records across restarts)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fit_or_restore(bench: Benchmark, method: RankingMethod, ckpt_dir: str, resume: bool):
@@ -191,8 +181,7 @@ def run_rank_job(benchmarks: Sequence[Benchmark], method: RankingMethod, job: Ra
     """Runs (or resumes) the job: ranks, writes ``rankings.csv`` and/or ``rankings.parquet``
     (``formats``, a subset of :data:`~fennec_jax.ranking.outputs.FORMATS`), runs the check, writes ``summary.json``;
     returns the summary."""
-    if not formats or any(f not in outputs.FORMATS for f in formats):
-        raise ValueError(f"formats: expected one or more of {outputs.FORMATS}, got {tuple(formats)}")
+    outputs.check_formats(formats)
     benchmarks = [oriented(bench, job.lower_is_better) for bench in benchmarks]
     summary = {"method": job.method, "job": job.key(),
                "benchmarks": {bench.name: _rank_benchmark(bench, method, job, out, log) for bench in benchmarks}}

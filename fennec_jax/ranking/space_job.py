@@ -36,7 +36,6 @@ streamed (:mod:`fennec_jax.ranking.outputs`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -51,6 +50,7 @@ from jax.experimental import multihost_utils
 
 import fennec_jax
 from fennec_jax.core import atomic_io
+from fennec_jax.core.digest import files_digest
 from fennec_jax.core.records import Benchmark
 from fennec_jax.methods.base import RankingMethod
 from fennec_jax.ranking import distributed, engine, outputs
@@ -138,18 +138,7 @@ def _load_names(folder: str, name: str, count: int, what: str) -> list[str] | No
     return names
 
 
-def _folder_digest(folder: str) -> str:
-    """SHA-256 over the space's files (names and bytes)."""
-    h = hashlib.sha256()
-    for name in ("model_vecs.npy", "task_vecs.npy", "model_bias.npy", "task_bias.npy",
-                 "models.txt", "tasks.txt"):
-        path = os.path.join(folder, name)
-        if os.path.exists(path):
-            h.update(name.encode())
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):  # pylint: disable=cell-var-from-loop
-                    h.update(block)
-    return h.hexdigest()
+_FILES = ("model_vecs.npy", "task_vecs.npy", "model_bias.npy", "task_bias.npy", "models.txt", "tasks.txt")
 
 
 def load_space(folder: str) -> Space:
@@ -179,7 +168,7 @@ def load_space(folder: str) -> Space:
     return Space(model_vecs=model_vecs, task_vecs=task_vecs, model_bias=biases[0], task_bias=biases[1],
                  models=pa.array(models if models is not None else np.arange(num_models).astype(str)),
                  tasks=tuple(tasks if tasks is not None else map(str, range(num_tasks))),
-                 digest=_folder_digest(folder))
+                 digest=files_digest(folder, [n for n in _FILES if os.path.exists(os.path.join(folder, n))]))
 
 
 def select_tasks(space: Space, tasks: Sequence[str] | None = None,
@@ -243,8 +232,7 @@ def run_space_job(space: Space, job: SpaceJob, out: str, formats: Sequence[str] 
     it spans every process), the models are split over its devices and every process ranks
     each shard with the others; process 0 alone writes the files (every process gets the
     whole rankings, so its files equal a one-process run's)."""
-    if not formats or any(f not in outputs.FORMATS for f in formats):
-        raise SpaceError(f"formats: expected one or more of {outputs.FORMATS}, got {tuple(formats)}")
+    outputs.check_formats(formats, SpaceError)
     num_models = len(space.model_vecs)
     if job.top_k is not None and not 1 <= job.top_k <= num_models:
         raise SpaceError(f"top_k: expected 1 to {num_models} (the number of models), got {job.top_k}")

@@ -26,7 +26,6 @@ embedded by another proxy than the zoo's.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import fennec_jax
 from fennec_jax.core import atomic_io
 from fennec_jax.core.checkpoint import restore_arrays, save_arrays
+from fennec_jax.core.digest import folder_digest
 from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Records
 from fennec_jax.methods.base import method_from_spec
@@ -266,7 +266,7 @@ class Zoo:
         """Writes the zoo folder ``path`` (see the module docstring), atomically."""
         def fill(folder: str) -> None:
             self.method.save(self.state, os.path.join(folder, "method"))
-            manifest = self._manifest(_folder_digest(os.path.join(folder, "method")))
+            manifest = self._manifest(folder_digest(os.path.join(folder, "method")))
             save_arrays(os.path.join(folder, "arrays"), FORMAT, manifest, self._arrays())
             atomic_io.write_json(os.path.join(folder, "manifest.json"), manifest)
 
@@ -298,20 +298,6 @@ class Zoo:
         return arrays
 
 
-def _folder_digest(folder: str) -> str:
-    """SHA-256 over every file under ``folder``: its path relative to ``folder`` and its bytes."""
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            file = os.path.join(root, name)
-            with open(file, "rb") as f:
-                data = f.read()
-            digest.update(f"{os.path.relpath(file, folder)}|{len(data)}|".encode())
-            digest.update(data)
-    return digest.hexdigest()
-
-
 def load_zoo(path: str) -> Zoo:
     """The zoo saved at ``path``; a ZooError (or CheckpointError) naming the path for a missing
     or corrupted folder, another package version, or an unknown format.
@@ -339,7 +325,7 @@ def load_zoo(path: str) -> Zoo:
     if json.dumps(stored, sort_keys=True) != json.dumps(manifest, sort_keys=True):
         raise ZooError(f"{manifest_path}: differs from the zoo's checksummed metadata in arrays/ (edited or "
                        f"damaged); refit the zoo with ./run.sh fit_zoo, or restore the folder from a copy")
-    if _folder_digest(os.path.join(path, "method")) != meta.get("method_digest"):
+    if folder_digest(os.path.join(path, "method")) != meta.get("method_digest"):
         raise ZooError(f"{os.path.join(path, 'method')}: its files differ from those the zoo was saved with "
                        f"(edited, damaged or copied from another zoo); refit the zoo with ./run.sh fit_zoo")
     method = method_from_spec(meta["method"])
