@@ -119,19 +119,12 @@ WIDE = b"model,cifar,pets,flowers\nresnet50,91.0,88.5,\nvit,95.2,,97.0\nmobilene
 MODEL_META = b"model,family,params\nresnet50,resnet,25.6\nvit,vit,86\n"
 
 
+@pytest.mark.parametrize("layout, seed", [("long", LONG), ("wide", WIDE)])
 @fuzz(60)
-@given(data=mutated(LONG))
-def test_long_records_csv(work, data):
-    path = work / "long.csv"
-    path.write_bytes(data)
-    check_reader(records.load_records, str(path))
-
-
-@fuzz(60)
-@given(data=mutated(WIDE))
-def test_wide_records_csv(work, data):
-    path = work / "wide.csv"
-    path.write_bytes(data)
+@given(data=st.data())
+def test_records_csv(work, layout, seed, data):
+    path = work / f"{layout}.csv"
+    path.write_bytes(data.draw(mutated(seed)))
     check_reader(records.load_records, str(path))
 
 

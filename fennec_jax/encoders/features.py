@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from fennec_jax.core import atomic_io
 from fennec_jax.core.npz import read_npz
+from fennec_jax.ranking import engine
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -344,10 +345,7 @@ def _jitted_forward_of_models(apply_fn: Callable, with_probs: bool, mesh) -> Cal
         return jax.jit(forward)
     # Each device maps its own models (shard_map): left to the SPMD partitioner, the vmapped
     # convolutions of a model split over devices computed wrong features (measured: off by 3).
-    models = PartitionSpec("models")
-    forward = jax.shard_map(forward, mesh=mesh, in_specs=(models, PartitionSpec()), out_specs=models,
-                            check_vma=False)
-    return jax.jit(forward, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return engine.jit_split_over_models(forward, mesh)
 
 
 def extract_features_of_models(
@@ -389,12 +387,12 @@ def extract_features_of_models(
     (num_models,) = counts
     params = stacked_params
     if mesh is not None:
-        if "models" not in mesh.axis_names:
-            raise ValueError(f"mesh: expected an axis named 'models', got axes {mesh.axis_names}")
-        pad = -num_models % mesh.shape["models"]
+        if engine.MODELS_AXIS not in mesh.axis_names:
+            raise ValueError(f"mesh: expected an axis named {engine.MODELS_AXIS!r}, got axes {mesh.axis_names}")
+        pad = -num_models % mesh.shape[engine.MODELS_AXIS]
         params = jax.tree_util.tree_map(
             lambda leaf: np.concatenate([np.asarray(leaf), np.repeat(np.asarray(leaf)[-1:], pad, 0)]), params)
-        params = jax.device_put(params, NamedSharding(mesh, PartitionSpec("models")))
+        params = jax.device_put(params, NamedSharding(mesh, PartitionSpec(engine.MODELS_AXIS)))
     forward = _jitted_forward_of_models(apply_fn, with_probs, mesh)
     features, probs = [], []
     with tqdm(total=getattr(examples, "shape", (None,))[0], unit="example", desc="features",

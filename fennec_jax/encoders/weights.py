@@ -436,11 +436,16 @@ def _from_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
     return array
 
 
+def _torch_axes(leaf: str, ndim: int) -> tuple[int, ...]:
+    """The axes of the Flax leaf ``leaf`` in PyTorch order: the inverse of :func:`_from_torch_layout`."""
+    if leaf == "kernel" and ndim >= 2:
+        return (ndim - 1, ndim - 2, *range(ndim - 2))
+    return tuple(range(ndim))
+
+
 def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
     """Inverse of :func:`_from_torch_layout` on shapes."""
-    if leaf == "kernel" and len(shape) >= 2:
-        return (shape[-1], shape[-2], *shape[:-2])
-    return tuple(shape)
+    return tuple(shape[axis] for axis in _torch_axes(leaf, len(shape)))
 
 
 class CheckpointMismatchError(ValueError):
@@ -521,9 +526,7 @@ def from_flax(variables: Mapping[str, Any], *, key_fn: Callable[[str, tuple[str,
     out = {}
     for (collection, *path), leaf in traverse_util.flatten_dict(dict(variables)).items():
         array = np.asarray(leaf)
-        if path[-1] == "kernel" and array.ndim >= 2:
-            array = np.transpose(array, (array.ndim - 1, array.ndim - 2, *range(array.ndim - 2)))
-        out[key_fn(collection, tuple(path))] = np.ascontiguousarray(array)
+        out[key_fn(collection, tuple(path))] = np.ascontiguousarray(array.transpose(_torch_axes(path[-1], array.ndim)))
     return out
 
 

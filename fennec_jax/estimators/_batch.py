@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from fennec_jax.estimators import _common
-from fennec_jax.ranking.engine import MODELS_AXIS
+from fennec_jax.ranking.engine import MODELS_AXIS, jit_split_over_models
 
 # XLA:CPU uses a host array in place (no copy) when its data is aligned to this.
 _ALIGNMENT = 64
@@ -125,14 +125,9 @@ def _compiled(core, options, batch_size, mesh=None):
         return jax.lax.map(lambda model: one_model(model, task), models,
                            batch_size=None if batch_size in (None, 1) else batch_size)
 
-    if mesh is None:
-        return jax.jit(over_models)
-    models = PartitionSpec(MODELS_AXIS)
-    # The cores use no collectives; their cond and scan branches mix shard-local and
-    # replicated values, which the varying-axis type check would reject: skip it.
-    return jax.jit(jax.shard_map(over_models, mesh=mesh, in_specs=(models, PartitionSpec()),
-                                 out_specs=models, check_vma=False),
-                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+    # The cores use no collectives (their cond and scan branches mix shard-local and
+    # replicated values).
+    return jax.jit(over_models) if mesh is None else jit_split_over_models(over_models, mesh)
 
 
 def _names(name, count):

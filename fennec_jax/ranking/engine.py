@@ -96,6 +96,19 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (MODELS_AXIS,))
 
 
+def jit_split_over_models(fn, mesh: Mesh):
+    """``jit`` of ``fn(models, shared)`` where ``models`` (a pytree whose leaves lead with the
+    model axis, a multiple of the mesh's size) is split along the mesh's ``"models"`` axis,
+    each device running ``fn`` on its share, and ``shared`` is replicated. The outputs (leading
+    with the model axis) come back replicated on every device, so each process of a mesh over
+    several processes reads them whole. ``fn`` must use no collectives: the varying-axis type
+    check is skipped (JAX's cond and scan branches may mix shard-local and replicated values)."""
+    models = PartitionSpec(MODELS_AXIS)
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(models, PartitionSpec()), out_specs=models,
+                                 check_vma=False),
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
 # ------------------------------------------------------------------------------ checks
 
 

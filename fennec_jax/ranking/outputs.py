@@ -21,9 +21,15 @@ import pyarrow.parquet as pq
 
 from fennec_jax.core import atomic_io
 
-__all__ = ["FORMATS", "concat_csv", "write_parquet", "write_csv"]
+__all__ = ["FORMATS", "check_formats", "concat_csv", "write_parquet", "write_csv"]
 
 FORMATS = ("csv", "parquet")  # the rankings files a job can write: rankings.csv, rankings.parquet
+
+
+def check_formats(formats: Sequence[str], error: type[ValueError] = ValueError) -> None:
+    """Raises ``error`` unless ``formats`` is one or more of :data:`FORMATS`."""
+    if not formats or any(f not in FORMATS for f in formats):
+        raise error(f"formats: expected one or more of {FORMATS}, got {tuple(formats)}")
 
 
 def concat_csv(path: str, header: Sequence[str], shard_paths: Iterable[str]) -> int:
