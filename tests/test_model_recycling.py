@@ -92,3 +92,18 @@ def test_fixed_rankings_on_model_recycling():
     observed = bench.eval_mask[rte]
     direct = scipy.stats.weightedtau(records.scores[rte, observed], probe[observed], rank=None)[0]
     assert tau["source_score"]["rte"] == pytest.approx(direct, abs=1e-6)
+
+
+def test_normal_scores_let_a_failed_run_weigh_no_more_than_its_rank():
+    # m1 is best on tasks b and c, but its run on task a diverged; m0 is second everywhere.
+    scores = np.array([[0.90, 0.10, 0.91, 0.89], [0.80, 0.85, 0.70, 0.60], [0.80, 0.85, 0.70, 0.60]])
+    records = records_from_matrix([f"m{i}" for i in range(4)], ["a", "b", "c"], scores)
+    z, normal = (get_method("popularity", transform=t) for t in ("z", "normal"))
+    assert np.argmax(z.score(z.fit(records), TaskEvidence())) == 0  # z-scores: the failed run sinks m1
+    assert np.argmax(normal.score(normal.fit(records), TaskEvidence())) == 1  # ranks: best twice, worst once
+    np.testing.assert_allclose(normal.fit(records), records.transformed("normal").mean(0))
+    knn = get_method("knn_task", transform="normal")
+    state = knn.fit(records)
+    np.testing.assert_array_equal(state["z"], records.transformed("normal"))
+    with pytest.raises(ValueError, match="transform: expected one of z, normal"):
+        get_method("knn_task", transform="ranks")

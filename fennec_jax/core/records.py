@@ -175,6 +175,11 @@ class Records:
         """
         return standardize(self.scores, self.mask)
 
+    def transformed(self, transform: str = "z") -> np.ndarray:
+        """``[T, M]`` per-task scores under ``transform`` (:data:`TRANSFORMS`: ``'z'``
+        :func:`standardize`, ``'normal'`` :func:`normal_scores`); 0 where unobserved."""
+        return TRANSFORMS[check_transform(transform)](self.scores, self.mask)
+
 
 def normal_scores(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``z[T, M]``: per task, the standard normal quantiles of the observed models' ranks.
@@ -211,6 +216,16 @@ def standardize(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     n, mean, std = observed_moments(scores, mask)
     ok = (n >= 2) & (std > 1e-12 * np.maximum(1.0, np.abs(mean)))
     return np.where(mask & ok, (np.where(mask, scores, 0.0) - mean) / np.where(ok, std, 1.0), 0.0)
+
+
+TRANSFORMS = {"z": standardize, "normal": normal_scores}
+
+
+def check_transform(transform: str) -> str:
+    """``transform`` if it names one of :data:`TRANSFORMS`, else a ValueError saying which do."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform: expected one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    return transform
 
 
 @dataclasses.dataclass(frozen=True)

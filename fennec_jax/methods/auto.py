@@ -43,7 +43,10 @@ one score carries no ranking), k = 2 and 4 that of 3, k > 5 that of 5.
 **Candidates** are method specs (``NAME`` or ``NAME:key=value``; inside a candidate, ``&``
 separates its config items, since ``+`` separates auto's own; ``/`` or ``|`` separate the
 candidates). Default: ``popularity``, ``knn_task``, ``fennec`` (the grid preset),
-``fennec:preset=mf``, ``size``, ``source_score``. A candidate whose ``fit`` (or ``score``)
+``fennec:preset=mf``, ``size``, ``source_score``, and ``popularity`` and ``knn_task`` on
+rank-based normal scores (``transform=normal``: a task's order kept, its spacing forgotten, so
+a long lower tail of failed fine-tunes does not dominate the average; whether that helps
+depends on the zoo, so validation decides). A candidate whose ``fit`` (or ``score``)
 raises :class:`~fennec_jax.core.evidence.MissingEvidenceError` (``size`` without a size column,
 ``source_score`` without a source score, an estimator without features) is left out where it
 raises (on that fold, or everywhere) and the report says why; default candidates that are not
@@ -79,7 +82,8 @@ from fennec_jax.methods.base import MethodBase, register
 
 __all__ = ["Auto", "AutoState", "DEFAULT_CANDIDATES", "FORMAT", "report"]
 
-DEFAULT_CANDIDATES = ("popularity", "knn_task", "fennec", "fennec:preset=mf", "size", "source_score")
+DEFAULT_CANDIDATES = ("popularity", "knn_task", "fennec", "fennec:preset=mf", "size", "source_score",
+                      "popularity:transform=normal", "knn_task:transform=normal")
 FORMAT = "fennec_jax.auto/1"
 
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from fennec_jax.core.evidence import MissingEvidenceError, TaskEvidence
-from fennec_jax.core.records import Records, standardize
+from fennec_jax.core.records import Records, check_transform, standardize
 from fennec_jax.methods.base import CompletionMethod, MethodBase, register
 
 __all__ = ["Random", "Popularity", "KnnTask", "FamilyPopularity", "ColumnRanking", "Size", "SourceScore",
@@ -34,9 +34,10 @@ def weighted_task_average(z: np.ndarray, mask: np.ndarray, weights: np.ndarray) 
     return np.where(total > 0, (w * z).sum(0) / np.where(total > 0, total, 1.0), 0.0)
 
 
-def popularity_scores(history: Records) -> np.ndarray:
-    """``pop[M]``: mean over history tasks of each model's per-task z-scored score."""
-    return weighted_task_average(history.standardized(), history.mask, np.ones(history.num_tasks))
+def popularity_scores(history: Records, transform: str = "z") -> np.ndarray:
+    """``pop[M]``: mean over history tasks of each model's per-task score under ``transform``
+    (``'z'``: z-scores; ``'normal'``: rank-based normal scores, :meth:`Records.transformed`)."""
+    return weighted_task_average(history.transformed(transform), history.mask, np.ones(history.num_tasks))
 
 
 @register("random")
@@ -57,12 +58,17 @@ class Random(MethodBase):
 @register("popularity")
 @dataclasses.dataclass(frozen=True)
 class Popularity(MethodBase):
-    """Mean z-scored history score per model; ignores the task's evidence."""
+    """Mean per-task history score per model (z-scores, or with ``transform='normal'``
+    rank-based normal scores); ignores the task's evidence."""
 
+    transform: str = "z"
     name: str = "popularity"
 
+    def __post_init__(self):
+        check_transform(self.transform)
+
     def fit(self, history: Records, seed: int = 0):
-        return popularity_scores(history)
+        return popularity_scores(history, self.transform)
 
     def score(self, state, evidence: TaskEvidence) -> np.ndarray:
         return np.asarray(state)
@@ -77,13 +83,18 @@ class KnnTask(MethodBase):
     ``corr_t`` is the Pearson correlation between the probe scores and task t's z-scores on
     the probe models it observed (at least 2). A model's score is the weighted mean of its
     z-scores. With k < 2, or no positively correlated task, it is popularity.
+    ``transform='normal'`` uses rank-based normal scores in place of z-scores.
     """
 
     power: float = 2.0
+    transform: str = "z"
     name: str = "knn_task"
 
+    def __post_init__(self):
+        check_transform(self.transform)
+
     def fit(self, history: Records, seed: int = 0):
-        return {"z": history.standardized(), "mask": history.mask}
+        return {"z": history.transformed(self.transform), "mask": history.mask}
 
     def score(self, state, evidence: TaskEvidence) -> np.ndarray:
         z, mask = state["z"], state["mask"]
