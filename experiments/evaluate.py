@@ -13,6 +13,12 @@ shared draw; rows "k") or suggest:NAME[:key=value+...] (a policy of
 fennec_jax.methods.suggest picks each probe from the method's state, the pick's true score
 revealed before the next; rows "k suggest:NAME"; batch=true picks all k at once).
 
+--intervals=0.8 also measures calibrated intervals: in each fold the method is refitted
+without each of up to --calibration_tasks history tasks (never the target), the intervals are
+calibrated on those held-out tasks' errors (fennec_jax.zoo.calibration), and the report adds
+the coverage of the target's intervals (share of its non-probe models' true scores inside)
+and their mean width in the task's units.
+
 A method is NAME or NAME:key=value+key=value (its configuration, e.g. fennec:preset=nmf,
 spider:preset=wide); --method_config adds key=value,... to every method. Writes
 OUT/report.json, OUT/report.md and OUT/report.html (figures: means against k with standard
@@ -20,6 +26,7 @@ errors, per-task bars, --scatter_method's predicted against true scores) (OUT/<b
 when several are given) and prints the mean table.
 """
 
+import dataclasses
 import os
 import time
 
@@ -45,6 +52,11 @@ _HISTORY = flags.DEFINE_enum("history", "targets", ["targets", "all"],
 _PROBE_POLICY = flags.DEFINE_list("probe_policy", ["random"],
                                   "How probes are chosen: random and/or suggest:NAME[:key=value+...] "
                                   "(NAME: dopt, thompson, random).")
+_INTERVALS = flags.DEFINE_float("intervals", None, "Two-sided level (e.g. 0.8) of calibrated intervals whose "
+                                "coverage and width the report adds (default: none).")
+_CALIBRATION_TASKS = flags.DEFINE_integer("calibration_tasks", 20, "With --intervals: history tasks of each fold "
+                                          "held out to calibrate them (one more fit each; 20 as fit_zoo).",
+                                          lower_bound=1)
 _SCATTER = flags.DEFINE_string("scatter_method", None, "Method whose seed-0 predictions the report keeps and plots "
                                "against the true scores (default: the last of --methods; empty: none).")
 _OUT = flags.DEFINE_string("out", "runs/evaluate", "Output folder.")
@@ -75,6 +87,10 @@ def main():
                                   probe_policy=tuple(_PROBE_POLICY.value))
     except ValueError as err:
         raise cli.InputError(f"--probe_policy: {err}") from None
+    try:
+        split = dataclasses.replace(split, intervals=_INTERVALS.value, calibration_tasks=_CALIBRATION_TASKS.value)
+    except ValueError as err:
+        raise cli.InputError(f"--{err}") from None
     keep = list(methods)[-1] if _SCATTER.value is None else (_SCATTER.value or None)
     for bench in benchmarks:
         out = _OUT.value if len(benchmarks) == 1 else os.path.join(_OUT.value, bench.name)

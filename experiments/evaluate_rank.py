@@ -11,10 +11,12 @@ intervals. Rows: the zoo at k = 0 (proxy only) and with ``--probes`` random prob
 ``popularity``; and ``spider`` with proxy task tokens (the class means of the proxy features,
 as Model Spider's task encoder gives it), fitted on the same history. With ``--rerank=R``
 (default 10; 0 skips): the zoo's k = 0 ranking with its top R re-ranked by forward passes of the
-models' real weights (``rank --rerank``; the default zoo's weights, pre-trained on first use),
-at the default blend weight 0.5 and at 1 (the estimator alone orders the top R), and the
-estimator over every model (``--rerank_estimator``, LogME by default). Mean ± standard error
-over tasks. Writes OUT/report.json and OUT/report.md.
+models' real weights (``rank --rerank``; the default zoo's weights, pre-trained on first use):
+at the blend weight each fold's zoo chose on its own held-out history tasks
+(:func:`fennec_jax.zoo.rerank.validate_blend`; never the target), at the fixed default 0.5 and
+at 1 (the estimator alone orders the top R); and the estimator over every model
+(``--rerank_estimator``, LogME by default). Mean ± standard error over tasks; the per-fold
+chosen weights are in the report. Writes OUT/report.json and OUT/report.md.
 """
 
 import dataclasses
@@ -72,10 +74,17 @@ def main():
     rows = {"fennec zoo k=0 (proxy)": [], f"fennec zoo k={_PROBES.value} (proxy + probes)": [], "popularity": [],
             "spider (proxy class-mean tokens)": []}
     estimator, depth = _RERANK_ESTIMATOR.value, _RERANK.value
+    validated = f"zoo k=0 + rerank top {depth} ({estimator}, weight validated in the history)"
     reranked = {f"zoo k=0 + rerank top {depth} ({estimator}, weight {w})": w for w in (rerank.DEFAULT_WEIGHT, 1.0)}
+    every_model, chosen_weights = {}, []
     if depth:
         entries = rerank.read_weights_dir(default.default_weights(log=print))
-        rows.update({name: [] for name in reranked}, **{f"{estimator} (every model)": []})
+        rows.update({validated: [], **{name: [] for name in reranked}, f"{estimator} (every model)": []})
+        for t in records.tasks:  # each model's estimator score on each task: one forward pass each
+            feats = rerank.candidate_features([entries[m] for m in records.models], data[t])
+            every_model[t] = rerank.estimator_scores(estimator, feats, data[t].labels)
+        index = {m: i for i, m in enumerate(records.models)}
+        scorer = lambda task, names: every_model[task][[index[m] for m in names]]  # noqa: E731
     seconds, fit_seconds = [], []
     for i, name in enumerate(held):
         if name not in records.tasks:
@@ -95,12 +104,13 @@ def main():
         rows["fennec zoo k=0 (proxy)"].append(_scores(true, table.predicted[observed], table.low[observed],
                                                       table.high[observed]))
         if depth:
-            feats = rerank.candidate_features([entries[m] for m in records.models], data[name])
-            every = rerank.estimator_scores(estimator, feats, data[name].labels)
+            every = every_model[name]
             rows[f"{estimator} (every model)"].append(_scores(true, every[observed]))
             chosen = rerank.candidates(ranking, depth, entries)
-            top = rerank.estimator_scores(estimator, [feats[i] for i in chosen], data[name].labels)
-            for label, weight in reranked.items():
+            top = every[chosen]
+            choice = rerank.validate_blend(zoo, scorer, entries, depth=depth, estimator=estimator).choose(depth)
+            chosen_weights.append(dataclasses.asdict(choice))
+            for label, weight in ((validated, choice.weight), *reranked.items()):
                 order = rerank.reorder(ranking, chosen, top, weight=weight).table.order()
                 position = np.empty(len(order))
                 position[order] = np.arange(len(order))
@@ -128,7 +138,8 @@ def main():
               flush=True)
     report = {"tasks": held, "models": records.num_models, "rows": {k: _summary(v) for k, v in rows.items()},
               "per_task": rows, "rank_seconds": {"median": float(np.median(seconds)), "max": float(np.max(seconds))},
-              "fit_zoo_seconds": {"median": float(np.median(fit_seconds))}}
+              "fit_zoo_seconds": {"median": float(np.median(fit_seconds))},
+              "validated_blend": dict(zip(held, chosen_weights))}
     lines = [f"# Leave-one-task-out through `Zoo.rank` ({len(held)} tasks, {records.num_models} models)", "",
              "| method | weighted tau | Kendall | top-1 regret | 80 % coverage |", "|---|---|---|---|---|"]
     for name, summary in report["rows"].items():
@@ -139,6 +150,10 @@ def main():
     lines += ["", f"Rank seconds per new task (proxy pass included, encoder loaded once): median "
               f"{report['rank_seconds']['median']:.2f}, max {report['rank_seconds']['max']:.2f}; fit_zoo median "
               f"{report['fit_zoo_seconds']['median']:.1f} s."]
+    if chosen_weights:
+        picked = [c["weight"] for c in chosen_weights]
+        lines.append(f"Blend weights chosen in the folds' histories: "
+                     + ", ".join(f"{w:g} ({picked.count(w)} folds)" for w in sorted(set(picked))) + ".")
     os.makedirs(_OUT.value, exist_ok=True)
     atomic_io.write_json(os.path.join(_OUT.value, "report.json"), report)
     atomic_io.write_text(os.path.join(_OUT.value, "report.md"), "\n".join(lines) + "\n")

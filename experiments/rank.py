@@ -15,8 +15,10 @@ candidate model runs. --probes: measured scores of models already fine-tuned on 
 --rerank=R: the R best models without a measured result are run on the task's images with
 their real weights (--weights=DIR: architectures.csv + PyTorch-layout .safetensors / .pth, see
 fennec_jax/zoo/rerank.py; the default zoo's own weights are pre-trained on first use) and
-re-ordered in their places by an equal blend of the zoo's prediction and the estimator's score
-(--rerank_estimator, LogME by default); the table gains a rerank_score column.
+re-ordered in their places by a blend of the zoo's prediction and the estimator's score
+(--rerank_estimator, LogME by default) at the weight the zoo chose on its held-out history tasks
+(fit_zoo --weights; the default zoo validates it on first use), else an equal blend; the table
+gains a rerank_score column.
 Writes OUT/ranking.csv (rank, model, predicted_score, interval_low, interval_high, observed,
 measured_score, evidence), OUT/report.md and OUT/report.html, and prints the top 10.
 """
@@ -37,8 +39,9 @@ _RERANK = flags.DEFINE_integer("rerank", 0, "Re-rank the best R unmeasured model
 _WEIGHTS = flags.DEFINE_string("weights", None, "Weights folder for --rerank (architectures.csv + checkpoints); "
                                "default with the default zoo: its own models' weights.")
 _RERANK_ESTIMATOR = flags.DEFINE_string("rerank_estimator", "logme", "Forward-pass estimator for --rerank.")
-_RERANK_WEIGHT = flags.DEFINE_float("rerank_weight", 0.5, "The estimator's weight in the --rerank blend "
-                                    "(1: the estimator alone orders the re-ranked models).", lower_bound=0.0,
+_RERANK_WEIGHT = flags.DEFINE_float("rerank_weight", None, "The estimator's weight in the --rerank blend "
+                                    "(1: the estimator alone orders the re-ranked models; default: the weight the "
+                                    "zoo validated on its held-out history tasks, else 0.5).", lower_bound=0.0,
                                     upper_bound=1.0)
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: runs/rank/TASK).")
 
@@ -52,8 +55,14 @@ def _rerank_inputs(task, zoo):
         raise cli.InputError("--rerank: needs --task (the candidates run on the task's images)")
     if _WEIGHTS.value is None and zoo_flags.ZOO.value is not None:
         raise cli.InputError("--rerank: give --weights=DIR (the zoo's models' checkpoints, see --help)")
-    folder = _WEIGHTS.value or default.default_weights(lambda msg: print(msg, file=sys.stderr, flush=True))
-    return read_task(task, zoo.max_examples), rerank.read_weights_dir(folder)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    folder = _WEIGHTS.value or default.default_weights(log)
+    if _WEIGHTS.value is None and _RERANK_WEIGHT.value is None:
+        zoo = default.default_zoo_blend(zoo, folder, depth=_RERANK.value, estimator=_RERANK_ESTIMATOR.value, log=log)
+    weight, why = ((_RERANK_WEIGHT.value, "weight given by --rerank_weight") if _RERANK_WEIGHT.value is not None
+                   else rerank.blend_weight(zoo, _RERANK.value, _RERANK_ESTIMATOR.value))
+    print(f"re-ranking the top {_RERANK.value}: {why}", file=sys.stderr, flush=True)
+    return read_task(task, zoo.max_examples), rerank.read_weights_dir(folder), weight
 
 
 def main():
@@ -65,7 +74,7 @@ def main():
     zoo, encoder, probes, metadata = zoo_flags.task_inputs()
     task = zoo_flags.TASK.value
     if _RERANK.value:
-        task, weights = _rerank_inputs(task, zoo)
+        task, weights, weight = _rerank_inputs(task, zoo)
     ranking = zoo.rank(task, probes=probes, metadata=metadata, encoder=encoder, level=_LEVEL.value, progress=True)
     if _RERANK.value:
         import jax
@@ -73,7 +82,7 @@ def main():
         from fennec_jax.ranking import engine
 
         ranking = rerank.rerank(ranking, task, weights, _RERANK.value, estimator=_RERANK_ESTIMATOR.value,
-                                weight=_RERANK_WEIGHT.value, progress=lambda msg: print(msg, file=sys.stderr),
+                                weight=weight, progress=lambda msg: print(msg, file=sys.stderr),
                                 mesh=engine.make_mesh() if jax.device_count() > 1 else None)
     out = _OUT.value or os.path.join("runs", "rank", ranking.task)
     paths = write_ranking(out, ranking, zoo_flags.zoo_name(), _TOP_K.value)

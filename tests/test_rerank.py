@@ -126,7 +126,7 @@ def test_rerank_reorders_the_top_in_their_slots(weights_dir, task):
     rows = out.rows()
     assert out.columns[-1] == "rerank_score" and rows[0][-1] == "" and rows[4][-1] == ""
     np.testing.assert_allclose(sorted(r[-1] for r in rows[1:4]), sorted(np.asarray(logme)), rtol=1e-5)
-    assert "rerank (logme, 3 models)" in out.evidence
+    assert "rerank (logme, 3 models, weight 1)" in out.evidence
     # weight 0 keeps the zoo's order
     kept = rerank.reorder(ranking, [1, 2, 3], np.asarray(logme), weight=0.0)
     assert [kept.table.models[i] for i in kept.table.order()] == ["x", "a", "b", "c", "d"]

@@ -140,6 +140,16 @@ def test_conformal_quantile_and_probe_scale():
     assert np.allclose(high - low, 2 * 0.9 * std)
 
 
+def test_intervals_reach_as_far_as_the_task_own_probe_results():
+    # Huge errors: every interval is clipped, to the records' range, or past it to a probe's result.
+    cal = Calibration(1.0, None, (0.5, 0.1), np.full(10, 1e4), bounds=(0.0, 1.0))
+    z = np.linspace(-1, 1, 5)
+    _, low, high = cal.predict(z)
+    assert np.all(low == 0.0) and np.all(high == 1.0)
+    _, low, high = cal.predict(z, probe_models=[0, 4], probe_scores=[1.2, -0.1])
+    assert np.all(low == -0.1) and np.all(high == 1.2)
+
+
 def test_calibration_slope_and_errors_from_held_out_tasks(world):
     records, _, _ = world
     z = (records.scores - records.scores.mean(1, keepdims=True)) / records.scores.std(1, keepdims=True)

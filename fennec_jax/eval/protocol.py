@@ -26,6 +26,15 @@ on a benchmark under one split:
   ``"k suggest:NAME"``): the policy picks each probe among t's evaluated models from the
   method's state fitted on the history, t's true score of each pick revealed before the next
   (all at once for a policy configured ``batch=true``); seed s seeds the policy's randomness.
+  With ``intervals`` (a two-sided level, e.g. 0.8), each prediction also gets an interval in
+  t's units, calibrated on the fold's history alone (:mod:`fennec_jax.zoo.calibration`, as a
+  zoo calibrates: up to ``calibration_tasks`` history tasks (:func:`~fennec_jax.zoo.calibration.held_out_tasks`)
+  are held out in turn, the method fitted without each scores it from its name, metadata and
+  proxy, then also given 3 random probes; split conformal on their errors), and two more
+  metrics are reported: ``coverage``, the share of t's evaluated non-probe models whose true
+  score lies in their interval (:meth:`Calibration.predict <fennec_jax.zoo.calibration.Calibration.predict>`
+  given t's proxy when the benchmark carries one, else the history's median scale, and the
+  draw's probes), and ``interval_width``, the intervals' mean width over those models.
 * :class:`ModelsOut` (cold-start models): ``folds`` partition the models; for each fold every
   cell of its models is hidden (``Records.hide_models``: names, metadata and side
   information stay) and the method, fitted on the rest, predicts them on every task
@@ -72,9 +81,11 @@ from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Benchmark, Records
 from fennec_jax.eval import metrics
 from fennec_jax.methods import suggest
+from fennec_jax.zoo.calibration import CALIBRATION_TASKS, Calibration, fit_calibration, held_out_predictions, held_out_tasks
 
 __all__ = [
     "METRIC_KEYS",
+    "INTERVAL_KEYS",
     "KEPT_MODELS",
     "TasksOut",
     "ModelsOut",
@@ -91,6 +102,7 @@ __all__ = [
 KEPT_MODELS = 2000  # most models per task whose predictions a report keeps (keep_predictions)
 METRIC_KEYS = ("weighted_tau", "kendall", "spearman", "pearson", "top1_regret", "top1_regret_normalized",
                "final_regret", "final_regret_normalized", "weighted_tau_k0")
+INTERVAL_KEYS = ("coverage", "interval_width")  # TasksOut(intervals=level) adds these
 
 
 # ----------------------------------------------------------------------------- probes
@@ -140,13 +152,17 @@ def validation_tau(trues: Sequence[np.ndarray], preds: Sequence[np.ndarray], val
 @dataclasses.dataclass(frozen=True)
 class TasksOut:
     """Leave-one-task-out with k probes (module docstring); ``probe_policy``: one spec or a
-    tuple of them (``'random'``, ``'suggest:NAME'``), each checked here."""
+    tuple of them (``'random'``, ``'suggest:NAME'``), each checked here; ``intervals``: None
+    (no intervals) or the two-sided level of the measured intervals, calibrated on up to
+    ``calibration_tasks`` held-out history tasks of each fold (each one more fit)."""
 
     probes: tuple[int, ...] = (0, 1, 3, 5)
     seeds: int = 10
     history: str = "targets"
     probe_policy: str | tuple[str, ...] = "random"
     held_out: tuple[str, ...] | None = None  # targets held out in turn (default: all); history unchanged
+    intervals: float | None = None
+    calibration_tasks: int = CALIBRATION_TASKS  # as a zoo calibrates itself, so the figures are the zoo's
     kind = "tasks_out"
 
     def __post_init__(self):
@@ -160,6 +176,10 @@ class TasksOut:
             if spec != "random":
                 suggest.policy_from_spec(spec.removeprefix("suggest:"))
         object.__setattr__(self, "probe_policy", specs)
+        if self.intervals is not None and not 0.0 < self.intervals < 1.0:
+            raise ValueError(f"intervals: expected a two-sided level in (0, 1) such as 0.8, got {self.intervals!r}")
+        if not isinstance(self.calibration_tasks, int) or self.calibration_tasks < 1:
+            raise ValueError(f"calibration_tasks: expected an int >= 1, got {self.calibration_tasks!r}")
 
     def settings(self) -> list[tuple[int, str]]:
         """``(k, policy)`` per reported setting: k = 0 once (no probe to choose), then each
@@ -167,12 +187,17 @@ class TasksOut:
         return [(int(k), policy) for k in self.probes for policy in (("random",) if k == 0 else self.probe_policy)]
 
     def describe(self, benchmark: Benchmark) -> dict:
-        return {"kind": "leave-one-task-out", "probes": [int(k) for k in self.probes], "seeds": int(self.seeds),
-                "history": self.history, "probe_policy": list(self.probe_policy), "targets": list(benchmark.targets),
-                "weighted_tau": "scipy.stats.weightedtau(true, pred, rank=None)",
-                "aggregation": "mean over seeds per task, then over tasks",
-                "se": "standard error over tasks of the per-task means over seeds (seed spread included); "
-                      "per task: over seeds"}
+        described = {"kind": "leave-one-task-out", "probes": [int(k) for k in self.probes], "seeds": int(self.seeds),
+                     "history": self.history, "probe_policy": list(self.probe_policy),
+                     "targets": list(benchmark.targets),
+                     "weighted_tau": "scipy.stats.weightedtau(true, pred, rank=None)",
+                     "aggregation": "mean over seeds per task, then over tasks",
+                     "se": "standard error over tasks of the per-task means over seeds (seed spread included); "
+                           "per task: over seeds"}
+        if self.intervals is not None:
+            described["intervals"] = (f"{self.intervals:g} two-sided, split conformal on up to "
+                                      f"{self.calibration_tasks} held-out history tasks of each fold")
+        return described
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,6 +351,21 @@ def final_regret(true: np.ndarray, pred: np.ndarray, probes: Sequence[np.ndarray
     return out
 
 
+def _interval_metrics(calibration: Calibration, level: float, true: np.ndarray, pred: np.ndarray,
+                      probes: Sequence[np.ndarray], scored: np.ndarray, proxy: np.ndarray | None) -> dict:
+    """``{"coverage": [S], "interval_width": [S]}``: per draw s, the share of the models of
+    ``scored[s]`` (``[S, M]``) whose ``true[M]`` score lies in the ``level`` interval that
+    ``calibration`` gives ``pred[s]`` (``[S, M]``) with the draw's ``probes[s]`` and the task's
+    ``proxy``, and those intervals' mean width."""
+    coverage, width = np.empty(len(pred)), np.empty(len(pred))
+    for s, (row, chosen, mask) in enumerate(zip(pred, probes, scored)):
+        _, low, high = calibration.predict(row, proxy=proxy, probe_models=chosen, probe_scores=true[chosen],
+                                           level=level)
+        coverage[s] = np.mean((low[mask] <= true[mask]) & (true[mask] <= high[mask]))
+        width[s] = np.mean(high[mask] - low[mask])
+    return {"coverage": coverage, "interval_width": width}
+
+
 def _choose(method, state, policy: str, policies: dict, k: int, seed: int, task: int, draws: dict,
             candidates: np.ndarray, true: np.ndarray, inputs: dict) -> np.ndarray:
     """``probes[k]`` of one draw: the shared random draw, or the policy's picks among
@@ -354,9 +394,12 @@ def _tasks_out(benchmark, methods, split: TasksOut, progress, keep: _Keeper):
         if unknown:
             raise ValueError(f"held_out: not target tasks of {benchmark.name}: {unknown[:5]}")
         targets = [t for t in targets if records.tasks[t] in split.held_out]
+    keys = METRIC_KEYS + (INTERVAL_KEYS if split.intervals is not None else ())
     for ti in targets:
         task = records.tasks[ti]
-        hist = records.select_tasks(history_pool[history_pool != ti])
+        hist_tasks = history_pool[history_pool != ti]
+        hist = records.select_tasks(hist_tasks)
+        calibrated = held_out_tasks(hist, split.calibration_tasks)
         true = records.scores[ti]
         candidates = np.flatnonzero(benchmark.eval_mask[ti])
         spread = np.ptp(true[candidates])
@@ -365,6 +408,10 @@ def _tasks_out(benchmark, methods, split: TasksOut, progress, keep: _Keeper):
         for name, method in methods.items():
             start = time.perf_counter()
             state = method.fit(hist, seed=0)
+            # Intervals from the fold's history alone (t is not in hist).
+            calibration = None if split.intervals is None else fit_calibration(
+                hist, hist.task_side.get("proxy"), calibrated,
+                *held_out_predictions(method, hist, calibrated, lambda t: _task_inputs(benchmark, hist_tasks[t])))
             # The k = 0 prediction: the k = 0 setting itself, and the reference of weighted_tau_k0.
             no_probes = _check(name, method.score_batch(state, [TaskEvidence(seed=s, **inputs) for s in range(split.seeds)]),
                                (split.seeds, records.num_models))
@@ -382,15 +429,18 @@ def _tasks_out(benchmark, methods, split: TasksOut, progress, keep: _Keeper):
                 values["final_regret_normalized"] = values["final_regret"] / spread if spread > 0 else \
                     np.zeros(split.seeds)
                 values["weighted_tau_k0"] = metrics.weighted_tau(np.broadcast_to(true, pred.shape), no_probes, masks)
+                if split.intervals is not None:
+                    values.update(_interval_metrics(calibration, split.intervals, true, pred, chosen, masks,
+                                                    inputs.get("proxy")))
                 # [S] each, in the metrics' dtype (float32: the means as they have always been computed)
-                per_seed = {key: np.asarray(values[key]) for key in METRIC_KEYS}
+                per_seed = {key: np.asarray(values[key]) for key in keys}
                 entry = results[name][_setting_label(k, policy)]
                 entry["per_task"][task] = {key: float(np.nanmean(v)) for key, v in per_seed.items()}
                 entry["per_task_se"][task] = {key: _standard_error(v) for key, v in per_seed.items()}
                 keep(name, _setting_label(k, policy), task, true, pred[0], masks[0])
             seconds[name] += time.perf_counter() - start
             progress(f"{benchmark.name}: {name} on {task}")
-    return results, seconds, [_setting_label(k, p) for k, p in settings], METRIC_KEYS
+    return results, seconds, [_setting_label(k, p) for k, p in settings], keys
 
 
 def history_predictions(method, state, history: Records) -> np.ndarray:

@@ -43,6 +43,8 @@ _LABELS = {
     "final_regret": "final regret",
     "final_regret_normalized": "final regret / range",
     "weighted_tau_k0": "weighted tau at k = 0",
+    "coverage": "interval coverage",
+    "interval_width": "interval width",
 }
 _DEFINITIONS = {
     "weighted_tau": "weighted Kendall tau between true and predicted scores (hyperbolic weights: the top "
@@ -57,6 +59,9 @@ _DEFINITIONS = {
                     "other model, in the task's units",
     "final_regret_normalized": "final regret as a fraction of the task's range over its evaluated models",
     "weighted_tau_k0": "weighted tau of the prediction made without probes, over the same models",
+    "coverage": "share of the ranked models whose true score lies in their predicted interval (the protocol's "
+                "level, calibrated on held-out history tasks of each fold, never the target)",
+    "interval_width": "mean width of those intervals, in the task's units",
 }
 # Headline metrics of the figures, in this order; other reported metrics fill up to two.
 _HEADLINE = ("weighted_tau", "top1_regret_normalized", "final_regret_normalized")

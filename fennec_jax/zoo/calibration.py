@@ -13,11 +13,17 @@ fitted on the zoo's own history:
    history tasks. Probe results refine ``(mean, std)``: ridge of the probes' measured scores on
    their ``z_hat`` pulled toward the prior with the weight of one probe.
 3. **Interval**: ``y_hat +- q * std``, clipped to the range of the records' measured scores
-   (an interval reaching past every result the zoo has measured says nothing more) where ``q`` is the ``level`` quantile of the held-out
-   history cells' normalised errors ``|y - y_hat| / std`` (split conformal over held-out tasks,
-   with each held-out task's scale predicted without it). Coverage is therefore measured on
-   held-out history tasks, not assumed. A task with probes uses the errors of held-out tasks
-   given a few random probes (their cells left out), so its interval narrows as probes refine it.
+   and the task's own probe results (an interval reaching past every result measured says
+   nothing more), where ``q`` is the ``level`` quantile of the held-out history cells' normalised
+   errors ``|y - y_hat| / std`` (split conformal over held-out tasks, with each held-out task's
+   scale predicted without it). Coverage is therefore measured on held-out history tasks, not
+   assumed. A task with probes uses the errors of held-out tasks given a few random probes
+   (their cells left out), so its interval narrows as probes refine it.
+
+:func:`held_out_predictions` produces the held-out scores for any method (the protocol of
+:mod:`fennec_jax.methods.base`): a zoo calibrates with them (:func:`fennec_jax.zoo.zoo.fit_zoo`), and
+the leave-one-task-out evaluation measures the intervals' coverage with them, calibrated on each
+fold's history alone (:class:`fennec_jax.eval.protocol.TasksOut`, ``intervals``).
 
 Conventions: standard deviations are population ones (divide by n); a task's z-scores are
 over its observed models; ``level`` is two-sided (0.8: 10 % of errors above and 10 % below
@@ -27,15 +33,19 @@ expected).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Records, observed_moments, standardize
 from fennec_jax.core.ridge import RidgeMap, fit_ridge, ridge_solve
 
-__all__ = ["Calibration", "task_scales", "median_scale", "fit_scale_map", "fit_calibration"]
+__all__ = ["CALIBRATION_TASKS", "CALIBRATION_PROBES", "Calibration", "task_scales", "median_scale", "fit_scale_map", "fit_calibration",
+           "held_out_tasks", "held_out_predictions"]
 
+CALIBRATION_TASKS = 20  # history tasks a zoo holds out to calibrate (each costs one fit)
+CALIBRATION_PROBES = 3  # probes given to each held-out task for the with-probes intervals
 _MIN_STD_FRACTION = 0.05  # a refined std is at least this share of its prior
 
 
@@ -127,7 +137,10 @@ class Calibration:
         """``(y_hat[M], low[M], high[M])`` in the records' units for a method's ``scores[M]``."""
         y_hat, std = self.estimate(scores, proxy=proxy, probe_models=probe_models, probe_scores=probe_scores)
         half = self.quantile(level, probed=len(probe_models) > 0) * std
-        return y_hat, np.clip(y_hat - half, *self.bounds), np.clip(y_hat + half, *self.bounds)
+        low, high = self.bounds
+        if len(probe_scores):  # the task's own results widen the range it may reach
+            low, high = min(low, float(np.min(probe_scores))), max(high, float(np.max(probe_scores)))
+        return y_hat, np.clip(y_hat - half, low, high), np.clip(y_hat + half, low, high)
 
 
 def fit_calibration(records: Records, proxies: np.ndarray | None, held_out: Sequence[int],
@@ -166,3 +179,41 @@ def fit_calibration(records: Records, proxies: np.ndarray | None, held_out: Sequ
                        np.sort(np.concatenate(errors)) if errors else np.zeros(0),
                        (float(observed.min()), float(observed.max())), tuple(records.tasks[t] for t in held_out),
                        np.sort(np.concatenate(probe_errors)) if probe_errors else np.zeros(0))
+
+
+def held_out_tasks(records: Records, limit: int) -> list[int]:
+    """Up to ``limit`` task indices of ``records`` to calibrate on: the tasks with at least two
+    observed models, spread evenly over the list (all of them when there are few); none when
+    ``records`` has fewer than 3 tasks."""
+    if records.num_tasks < 3:
+        return []
+    eligible = [t for t in range(records.num_tasks) if records.mask[t].sum() >= 2]
+    if len(eligible) <= limit:
+        return eligible
+    return [eligible[i] for i in np.linspace(0, len(eligible) - 1, limit).round().astype(int)]
+
+
+def held_out_predictions(method, records: Records, held_out: Sequence[int], evidence: Callable[[int], dict], *,
+                         seed: int = 0, probes: int = CALIBRATION_PROBES, log: Callable[[str], None] = lambda msg: None
+                         ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """``(predictions[H, M], probed)``, the inputs of :func:`fit_calibration`, for any
+    ``method`` (the protocol of :mod:`fennec_jax.methods.base`): for each ``held_out`` task t
+    (indices into ``records.tasks``, e.g. :func:`held_out_tasks`), ``method`` fitted on the
+    other tasks (``seed``) scores t given ``evidence(t)`` (``TaskEvidence`` keyword arguments:
+    what a new task brings besides scores, e.g. ``proxy`` and ``metadata``), then given also the
+    true scores of ``min(probes, n - 2)`` of t's n observed models drawn from ``(seed, t)``.
+    ``probed`` is empty unless every held-out task got probes."""
+    predictions, probed = [], []
+    for i, t in enumerate(held_out):
+        log(f"calibrating on held-out task {i + 1}/{len(held_out)}: {records.tasks[t]}")
+        state = method.fit(records.without_task(t), seed=seed)
+        inputs = evidence(t)
+        predictions.append(np.asarray(method.score(state, TaskEvidence(**inputs)), np.float64))
+        observed = np.flatnonzero(records.mask[t])
+        k = min(probes, observed.size - 2)
+        if k > 0:  # the same task with a few random probes: intervals for tasks with probes
+            chosen = np.sort(np.random.default_rng([seed, t]).choice(observed, k, replace=False))
+            scores = method.score(state, TaskEvidence(chosen, records.scores[t, chosen], **inputs))
+            probed.append((chosen, np.asarray(scores, np.float64)))
+    return (np.asarray(predictions, np.float64).reshape(len(held_out), records.num_models),
+            probed if len(probed) == len(held_out) else [])

@@ -15,7 +15,8 @@ digits) as an image folder, for ``./run.sh rank --task=FOLDER``.
 pre-trained again exactly as the default build pre-trained them (same data, configuration and
 seeds; the build is deterministic), on first use (a few minutes on 2 CPU cores), and kept in the
 cache as a weights folder (:mod:`fennec_jax.zoo.rerank`: torchvision-layout safetensors files
-and ``architectures.csv``).
+and ``architectures.csv``); :func:`default_zoo_blend` then validates the re-ranking blend on the
+zoo's held-out tasks once (:mod:`fennec_jax.zoo.blend`) and caches it with the zoo.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fennec_jax.core.checkpoint import CheckpointError
 from fennec_jax.zoo.task_data import TaskData, balanced_subset, write_image_folder
 from fennec_jax.zoo.zoo import Zoo, ZooError, fit_zoo, load_zoo
 
-__all__ = ["default_zoo_path", "default_zoo", "default_weights", "builder_task_data", "write_sample_task",
+__all__ = ["default_zoo_path", "default_zoo", "default_zoo_blend", "default_weights", "builder_task_data", "write_sample_task",
            "SAMPLE_CLASSES"]
 
 IMAGE_SIZE = 16  # the default build's image side
@@ -96,6 +97,23 @@ def default_zoo(log: Callable[[str], None] = lambda msg: None) -> Zoo:
     log("rebuilding the 20 target tasks' data from scikit-learn / scikit-image")
     zoo = fit_zoo(records, task_data=builder_task_data(), proxy="mobilenet_v2", log=log)
     zoo.save(path, overwrite=True)
+    return zoo
+
+
+def default_zoo_blend(zoo: Zoo, weights_folder: str, *, depth: int, estimator: str = "logme",
+                      log: Callable[[str], None] = lambda msg: None) -> Zoo:
+    """The default zoo with its re-ranking blend validated for ``estimator`` up to ``depth``
+    models (:func:`fennec_jax.zoo.rerank.with_blend`, on the builder targets' data rebuilt from
+    the packages): ``zoo`` itself when it already is, else validated once (a forward pass of
+    ``depth`` models on each held-out task) and cached with the zoo."""
+    from fennec_jax.zoo import rerank
+
+    if zoo.blend is not None and zoo.blend.estimator == estimator and zoo.blend.depth >= depth:
+        return zoo
+    log(f"validating the re-ranking blend on the default zoo's held-out tasks (once; cached in {default_zoo_path()})")
+    zoo = rerank.with_blend(zoo, builder_task_data(zoo.max_examples), rerank.read_weights_dir(weights_folder),
+                            depth=max(depth, 10), estimator=estimator, progress=log)
+    zoo.save(default_zoo_path(), overwrite=True)
     return zoo
 
 

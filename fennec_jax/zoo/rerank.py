@@ -10,9 +10,11 @@ the real models.
 
 Blend. Inside the re-ranked set, the zoo's predicted scores and the estimator's scores are
 each standardized (z-scores over the set) and the set is re-ordered by
-``(1 - weight) * z_predicted + weight * z_estimator``; ``weight = 0.5`` by default (equal
-trust in both, fixed a priori, not tuned on any benchmark; ``weight = 1`` orders the set by the
-estimator alone). The set keeps its places in the list: its models are re-ordered among the
+``(1 - weight) * z_predicted + weight * z_estimator`` (``weight = 1`` orders the set by the
+estimator alone, 0 keeps the zoo's order). The weight is chosen by validation inside the zoo's
+history when the zoo carries it (:func:`validate_blend`, :mod:`fennec_jax.zoo.blend`: its
+held-out history tasks re-ranked as a new task is), else :data:`DEFAULT_WEIGHT` = 0.5 (equal
+trust in both, fixed a priori). The set keeps its places in the list: its models are re-ordered among the
 slots they held, so measured results and the models below the set do not move, and the
 predicted scores and intervals are left as the zoo gave them (the estimator's scores are in
 their own units, shown beside them as ``rerank_score``).
@@ -57,11 +59,13 @@ import numpy as np
 from fennec_jax.archs import architectures
 from fennec_jax.encoders import features as features_lib
 from fennec_jax.encoders.proxy import resize_center_crop
+from fennec_jax.ranking.table import RankingTable
+from fennec_jax.zoo.blend import GRID, BlendValidation
 from fennec_jax.zoo.task_data import TaskData
-from fennec_jax.zoo.zoo import TaskRanking, ZooError
+from fennec_jax.zoo.zoo import TaskRanking, Zoo, ZooError
 
-__all__ = ["WeightsEntry", "read_weights_dir", "candidates", "candidate_features",
-           "estimator_scores", "reorder", "rerank", "DEFAULT_WEIGHT", "PREPROCESS"]
+__all__ = ["WeightsEntry", "read_weights_dir", "candidates", "candidate_features", "estimator_scores", "reorder",
+           "rerank", "validate_blend", "forward_pass_scorer", "with_blend", "blend_weight", "DEFAULT_WEIGHT", "PREPROCESS"]
 
 DEFAULT_WEIGHT = 0.5
 PREPROCESS = ("imagenet", "unit")
@@ -303,4 +307,81 @@ def rerank(ranking: TaskRanking, data: TaskData, weights: Mapping[str, WeightsEn
     chosen = candidates(ranking, depth, weights)
     feats = candidate_features([weights[ranking.table.models[i]] for i in chosen], data, progress, mesh=mesh)
     scores = estimator_scores(estimator, feats, data.labels, mesh=mesh)
-    return reorder(ranking, chosen, scores, weight=weight, label=f"rerank ({estimator}, {len(chosen)} models)")
+    return reorder(ranking, chosen, scores, weight=weight,
+                   label=f"rerank ({estimator}, {len(chosen)} models, weight {weight:g})")
+
+
+def blend_weight(zoo: Zoo, depth: int, estimator: str) -> tuple[float, str]:
+    """``(weight, why)``: the zoo's validated weight for re-ranking ``depth`` models with
+    ``estimator`` (:meth:`fennec_jax.zoo.blend.BlendValidation.choose`), or
+    :data:`DEFAULT_WEIGHT` with the reason none applies."""
+    validation = zoo.blend
+    if validation is None:
+        return DEFAULT_WEIGHT, (f"weight {DEFAULT_WEIGHT:g} (not validated: fit the zoo with --weights to choose it "
+                                f"on its history)")
+    if validation.estimator != estimator or depth > validation.depth:
+        return DEFAULT_WEIGHT, (f"weight {DEFAULT_WEIGHT:g} (the zoo validated {validation.estimator} up to "
+                                f"{validation.depth} models, not {estimator} with {depth})")
+    return validation.choose(depth).weight, validation.choose(depth).describe(depth)
+
+
+def forward_pass_scorer(task_data: Mapping[str, TaskData], weights: Mapping[str, WeightsEntry], estimator: str, *,
+                        progress: Callable[[str], None] = lambda msg: None, mesh=None):
+    """``scorer(task, names) -> scores[R]``: ``estimator`` over the forward passes of the models
+    ``names`` on ``task_data[task]``'s images (the scorer :func:`validate_blend` takes)."""
+    _check_estimator(estimator)
+
+    def scorer(task: str, names) -> np.ndarray:
+        feats = candidate_features([weights[name] for name in names], task_data[task], progress, mesh=mesh)
+        return estimator_scores(estimator, feats, task_data[task].labels, mesh=mesh)
+
+    return scorer
+
+
+def validate_blend(zoo: Zoo, scorer: Callable[[str, list[str]], np.ndarray], available, *, depth: int = 10,
+                   estimator: str = "logme", progress: Callable[[str], None] = lambda msg: None) -> BlendValidation:
+    """Weighted taus of the zoo's held-out history tasks re-ranked at depths ``2 .. depth`` and
+    each weight of :data:`fennec_jax.zoo.blend.GRID` (that module's docstring).
+
+    Each held-out task is ranked from the scores of the fit without it (``zoo.held_out_scores``)
+    in the records' units, as a new task is; its best ``depth`` models in ``available`` (names
+    with weights) are scored by ``scorer(task, names) -> scores[R]`` (e.g.
+    :func:`forward_pass_scorer`) and re-ordered by :func:`reorder`.
+    """
+    from fennec_jax.eval.metrics import weighted_tau
+
+    calibration, records = zoo.calibration, zoo.records
+    if zoo.held_out_scores is None or not calibration.held_out:
+        raise ZooError("--weights: this zoo has no held-out history tasks to validate the re-ranking on "
+                       "(it needs at least 3 tasks); pass --rerank_weight instead")
+    proxies = records.task_side.get("proxy")
+    taus = np.zeros((depth - 1, len(GRID), len(calibration.held_out)))
+    for h, task in enumerate(calibration.held_out):
+        progress(f"validating the re-ranking blend on held-out task {h + 1}/{len(calibration.held_out)}: {task}")
+        t = records.tasks.index(task)
+        predicted, _ = calibration.estimate(zoo.held_out_scores[h], proxy=None if proxies is None else proxies[t])
+        unknown = np.full(len(records.models), np.nan)
+        ranking = TaskRanking(task, RankingTable(records.models, predicted, unknown), "proxy", 0.0)
+        chosen = candidates(ranking, depth, available)
+        scores = scorer(task, [records.models[i] for i in chosen])
+        observed = records.mask[t]
+        for r in range(2, depth + 1):
+            for g, weight in enumerate(GRID):
+                order = reorder(ranking, chosen[:r], scores[:r], weight=weight).table.order()
+                position = np.empty(order.size)
+                position[order] = np.arange(order.size)
+                taus[r - 2, g, h] = weighted_tau(records.scores[t, observed], -position[observed])
+    return BlendValidation(estimator, tuple(calibration.held_out), GRID, taus)
+
+
+def with_blend(zoo: Zoo, task_data: Mapping[str, TaskData], weights: Mapping[str, WeightsEntry], *, depth: int = 10,
+               estimator: str = "logme", progress: Callable[[str], None] = lambda msg: None, mesh=None) -> Zoo:
+    """``zoo`` carrying the re-ranking blend validated on its held-out history tasks, whose data
+    ``task_data`` gives (:func:`validate_blend` over forward passes of ``weights``)."""
+    missing = [t for t in zoo.calibration.held_out if t not in task_data]
+    if missing:
+        raise ZooError(f"--weights: validating the re-ranking needs the data of the held-out history tasks; "
+                       f"none for {', '.join(missing[:5])}")
+    scorer = forward_pass_scorer(task_data, weights, estimator, mesh=mesh)
+    return dataclasses.replace(zoo, blend=validate_blend(zoo, scorer, weights, depth=depth, estimator=estimator,
+                                                         progress=progress))

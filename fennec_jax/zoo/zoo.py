@@ -41,16 +41,15 @@ from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Records
 from fennec_jax.methods.base import method_from_spec
 from fennec_jax.ranking.table import COLUMNS, RankingTable
-from fennec_jax.zoo.calibration import Calibration, fit_calibration
+from fennec_jax.zoo.blend import BlendValidation
+from fennec_jax.zoo.calibration import CALIBRATION_TASKS, Calibration, fit_calibration, held_out_predictions, held_out_tasks
 from fennec_jax.zoo.task_data import TaskData, read_task
 
 __all__ = ["FORMAT", "PROXIES", "Zoo", "ZooError", "TaskRanking", "fit_zoo", "load_zoo", "load_proxy", "embed_task",
            "read_task_folder"]
 
-FORMAT = "fennec_jax.zoo/1"
+FORMAT = "fennec_jax.zoo/2"  # 2: held-out scores and the re-ranking blend's validation
 PROXIES = ("mobilenet_v2", "clip:/path/to/checkpoint")
-_MAX_CALIBRATION_TASKS = 20
-_CALIBRATION_PROBES = 3  # probes given to each held-out task for the with-probes intervals
 
 
 class ZooError(ValueError):
@@ -148,6 +147,11 @@ class Zoo:
       proxy: the proxy encoder's id (:func:`load_proxy`), or None (no task data).
       proxy_width: P, the width of that encoder's features (0 without a proxy).
       max_examples: examples per task the embeddings use (new tasks are read the same way).
+      held_out_scores: ``[H, M]`` the method's scores of each of ``calibration.held_out`` by a fit
+        without that task, from its proxy alone (what the calibration was fitted on; the
+        re-ranking blend is validated on it); None for a zoo without held-out tasks.
+      blend: the re-ranking blend's validation (:func:`fennec_jax.zoo.rerank.validate_blend`),
+        or None (``rank --rerank`` then blends at the fixed default weight).
     """
 
     records: Records
@@ -158,6 +162,8 @@ class Zoo:
     proxy: str | None = None
     proxy_width: int = 0
     max_examples: int = 64
+    held_out_scores: np.ndarray | None = None
+    blend: BlendValidation | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -284,7 +290,8 @@ class Zoo:
                 "calibration": {"slope": cal.slope, "default_scale": list(cal.default_scale), "bounds": list(cal.bounds),
                                 "held_out": list(cal.held_out), "scale_map": cal.scale_map is not None,
                                 "interval_80": cal.quantile(0.8) if cal.errors.size else None,
-                                "interval_80_with_probes": cal.quantile(0.8, probed=True) if cal.errors.size else None}}
+                                "interval_80_with_probes": cal.quantile(0.8, probed=True) if cal.errors.size else None},
+                "rerank_blend": None if self.blend is None else self.blend.to_json()}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         cal = self.calibration
@@ -295,6 +302,10 @@ class Zoo:
         if cal.scale_map is not None:
             arrays.update(scale_weights=cal.scale_map.weights, scale_bias=cal.scale_map.bias,
                           scale_l2=cal.scale_map.l2)
+        if self.held_out_scores is not None:
+            arrays["held_out_scores"] = np.asarray(self.held_out_scores, np.float64)
+        if self.blend is not None:
+            arrays["blend_taus"] = self.blend.taus
         return arrays
 
 
@@ -316,7 +327,8 @@ def load_zoo(path: str) -> Zoo:
     except (OSError, ValueError) as err:
         raise ZooError(f"{manifest_path}: unreadable ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ZooError(f"{path}: not a {FORMAT} zoo (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+        raise ZooError(f"{path}: not a {FORMAT} zoo (format {manifest.get('format') if isinstance(manifest, dict) else None!r}); "
+                       f"refit it with ./run.sh fit_zoo")
     if manifest.get("fennec_jax_version") != fennec_jax.__version__:
         raise ZooError(f"{path}: fitted with fennec_jax {manifest.get('fennec_jax_version')}, this is "
                        f"{fennec_jax.__version__}; refit it with ./run.sh fit_zoo")
@@ -339,24 +351,19 @@ def load_zoo(path: str) -> Zoo:
                  if cal["scale_map"] else None)
     calibration = Calibration(cal["slope"], scale_map, tuple(cal["default_scale"]), arrays["errors"],
                               tuple(cal["bounds"]), tuple(cal["held_out"]), arrays["probe_errors"])
+    blend = meta.get("rerank_blend")
+    if blend is not None:
+        blend = BlendValidation(blend["estimator"], tuple(blend["tasks"]), tuple(blend["grid"]), arrays["blend_taus"])
     return Zoo(records, meta["method"], method, state, calibration, meta["proxy"], meta["proxy_width"],
-               meta["max_examples"])
+               meta["max_examples"], arrays.get("held_out_scores"), blend)
 
 
 # ----------------------------------------------------------------------------- fitting
 
 
-def _calibration_tasks(records: Records, limit: int) -> list[int]:
-    """Up to ``limit`` history tasks spread over the list (every task when there are few)."""
-    eligible = [t for t in range(records.num_tasks) if records.mask[t].sum() >= 2]
-    if len(eligible) <= limit:
-        return eligible
-    return [eligible[i] for i in np.linspace(0, len(eligible) - 1, limit).round().astype(int)]
-
-
 def fit_zoo(records: Records, *, method: str = "fennec", task_data: Mapping[str, TaskData] | None = None,
             proxy: str | None = None, encoder=None, task_proxies: np.ndarray | None = None, max_examples: int = 64,
-            calibration_tasks: int = _MAX_CALIBRATION_TASKS, seed: int = 0,
+            calibration_tasks: int = CALIBRATION_TASKS, seed: int = 0,
             log: Callable[[str], None] = lambda msg: None) -> Zoo:
     """Fits a zoo on all ``records``.
 
@@ -397,26 +404,16 @@ def fit_zoo(records: Records, *, method: str = "fennec", task_data: Mapping[str,
             raise ValueError(f"task_proxies: expected [T={records.num_tasks}, 3P + 3], got {task_proxies.shape}")
         width = (task_proxies.shape[1] - 3) // 3
         records = dataclasses.replace(records, task_side={**records.task_side, "proxy": task_proxies})
-    held_out = _calibration_tasks(records, calibration_tasks) if records.num_tasks >= 3 else []
-    predictions, probed = [], []
-    for i, t in enumerate(held_out):
-        log(f"calibrating on held-out task {i + 1}/{len(held_out)}: {records.tasks[t]}")
-        state = ranker.fit(records.without_task(t), seed=seed)
-        proxy = None if not width else records.task_side["proxy"][t]
-        evidence = TaskEvidence(proxy=proxy, metadata=records.task_metadata(t))
-        predictions.append(np.asarray(ranker.score(state, evidence), np.float64))
-        observed = np.flatnonzero(records.mask[t])
-        k = min(_CALIBRATION_PROBES, observed.size - 2)
-        if k > 0:  # the same task with a few random probes: intervals for tasks with probes
-            probes = np.sort(np.random.default_rng([seed, t]).choice(observed, k, replace=False))
-            evidence = TaskEvidence(probes, records.scores[t, probes], proxy=proxy, metadata=records.task_metadata(t))
-            probed.append((probes, np.asarray(ranker.score(state, evidence), np.float64)))
+    held_out = held_out_tasks(records, calibration_tasks)
+    predictions, probed = held_out_predictions(
+        ranker, records, held_out, seed=seed, log=log,
+        evidence=lambda t: {"proxy": records.task_side["proxy"][t] if width else None,
+                            "metadata": records.task_metadata(t)})
     log(f"fitting {method} on {records.num_models} models x {records.num_tasks} tasks")
     state = ranker.fit(records, seed=seed)
-    calibration = fit_calibration(records, records.task_side.get("proxy"), held_out,
-                                  np.asarray(predictions).reshape(len(held_out), records.num_models),
-                                  probed if len(probed) == len(held_out) else ())
-    return Zoo(records, method, ranker, state, calibration, proxy_id, width, max_examples)
+    calibration = fit_calibration(records, records.task_side.get("proxy"), held_out, predictions, probed)
+    return Zoo(records, method, ranker, state, calibration, proxy_id, width, max_examples,
+               predictions if held_out else None)
 
 
 def read_task_folder(folder: str, tasks: Sequence[str], max_examples: int = 64,
