@@ -393,3 +393,37 @@ def test_write_folder_is_atomic_and_respects_the_umask(tmp_path):
     assert os.listdir(target) == ["a"]  # a failed overwrite leaves the old folder as it was
     atomic_io.write_folder(str(target), lambda f: open(os.path.join(f, "b"), "w").write("2"), overwrite=True)
     assert os.listdir(target) == ["b"] and os.listdir(tmp_path) == ["out"]
+
+
+def test_a_clip_proxy_fits_and_ranks_through_the_commands(world, tmp_path):
+    """fit_zoo and rank with --proxy=clip:DIR (a small random CLIP checkpoint in Hugging Face's
+    layout): the tasks' images are embedded by that tower, the zoo records it, and ranking
+    needs the same checkpoint."""
+    from test_proxy import _clip_checkpoint, _write_clip
+
+    records, _, _ = world
+    _write_clip(tmp_path / "clip", _clip_checkpoint(np.random.default_rng(0)))
+    rng = np.random.default_rng(1)
+    with open(tmp_path / "records.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "task", "score"])
+        for t, task in enumerate(records.tasks):
+            writer.writerows([m, task, f"{records.scores[t, i]:.6f}"] for i, m in enumerate(records.models))
+            write_image_folder(str(tmp_path / "data" / task), rng.uniform(size=(6, 40, 36, 3)),
+                               np.repeat([0, 1], 3), ["a", "b"])
+    write_image_folder(str(tmp_path / "new"), rng.uniform(size=(6, 32, 32, 3)), np.repeat([0, 1], 3), ["a", "b"])
+    clip = f"--proxy=clip:{tmp_path / 'clip'}"
+    fitted = _run("experiments.fit_zoo", f"--records={tmp_path}/records.csv", f"--task_data={tmp_path}/data", clip,
+                  "--method=popularity", f"--out={tmp_path}/zoo")
+    assert fitted.returncode == 0, fitted.stderr
+    assert "proxy clip:clip:16" in fitted.stdout  # the checkpoint's folder name and its 16-wide embeddings
+    ranked = _run("experiments.rank", f"--zoo={tmp_path}/zoo", f"--task={tmp_path}/new", clip, f"--out={tmp_path}/out")
+    assert ranked.returncode == 0, ranked.stderr
+    rows = list(csv.DictReader(open(tmp_path / "out" / "ranking.csv")))
+    assert len(rows) == len(records.models) and rows[0]["evidence"] == "proxy"
+    for args, expected in ((("--proxy=mobilenet_v2",), "the zoo was fitted with proxy clip:clip:16"),
+                           ((), "this zoo's proxy is clip:clip:16: pass it")):
+        refused = _run("experiments.rank", f"--zoo={tmp_path}/zoo", f"--task={tmp_path}/new", *args,
+                       f"--out={tmp_path}/refused")
+        assert refused.returncode == 1 and expected in refused.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
