@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from experiments import bounds_model_recycling as bounds
+from fennec_jax.eval import bounds
 from fennec_jax.benchmarks.bundled import as_benchmark
 from fennec_jax.core.records import records_from_matrix
 
