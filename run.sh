@@ -3,7 +3,7 @@
 #   ./run.sh rank_all     # set up .venv if missing, rank every model for every bundled task
 #   ./run.sh test         # set up .venv if missing, run the test suite
 # A new task:  ./run.sh sample_task --out=my_task && ./run.sh rank --task=my_task
-# Other subcommands: setup, fit_zoo, suggest, evaluate, evaluate_rank, estimate, evaluate_archs, cold_start, build_benchmark, kill_resume, bench. Extra arguments are passed to the
+# Other subcommands: setup, fit_zoo, suggest, evaluate, evaluate_rank, auto_choices, bounds, estimate, evaluate_archs, cold_start, build_benchmark, kill_resume, bench. Extra arguments are passed to the
 # program as absl flags, e.g. ./run.sh evaluate --benchmark=parc_controlled --methods=popularity
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,7 +44,7 @@ cmd="${1:-help}"
 shift || true
 case "$cmd" in
   setup) setup ;;
-  rank_all|rank|suggest|fit_zoo|sample_task|evaluate_rank|evaluate|estimate|evaluate_archs|cold_start|build_benchmark|kill_resume)
+  rank_all|rank|suggest|fit_zoo|sample_task|evaluate_rank|evaluate|auto_choices|bounds|estimate|evaluate_archs|cold_start|build_benchmark|kill_resume)
     setup
     exec "$VENV/bin/python" -m "experiments.$cmd" "$@" ;;
   bench)
@@ -65,5 +65,5 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@" ;;
   help|-h|--help)
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) echo "run.sh: unknown subcommand '$cmd' (setup, rank_all, rank, suggest, fit_zoo, sample_task, evaluate, evaluate_rank, estimate, evaluate_archs, cold_start, build_benchmark, bench, test)" >&2; exit 2 ;;
+  *) echo "run.sh: unknown subcommand '$cmd' (setup, rank_all, rank, suggest, fit_zoo, sample_task, evaluate, evaluate_rank, auto_choices, bounds, estimate, evaluate_archs, cold_start, build_benchmark, bench, test)" >&2; exit 2 ;;
 esac

@@ -134,3 +134,24 @@ def test_transfer_space_candidates_fit_once_per_batch_and_round_trip(tmp_path):
     np.testing.assert_array_equal(auto.score(again, ev), auto.score(state, ev))
     auto.save(state, str(tmp_path / "a"))
     np.testing.assert_array_equal(auto.score(auto.restore(str(tmp_path / "a")), ev), auto.score(state, ev))
+
+
+def test_auto_choices_command_records_each_fold_and_refuses_other_methods(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda *args: subprocess.run([sys.executable, "-m", "experiments.auto_choices", *args], cwd=root,  # noqa: E731
+                                       capture_output=True, text=True, timeout=600)
+    done = run("--benchmark=parc_controlled", f"--method=auto:candidates={CHEAP}", f"--out={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    choices = json.load(open(tmp_path / "choices.json"))["parc_controlled"]
+    assert len(choices) == 6 and all(set(by_k) == {"0", "3", "5"} for by_k in choices.values())
+    assert all(label in CHEAP.split("/") for by_k in choices.values() for label in by_k.values())
+    assert "parc_controlled, history targets, k = 3:" in done.stdout
+    refused = run("--benchmark=parc_controlled", "--method=popularity", f"--out={tmp_path}/no")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == ("error: --method=popularity: expected an auto spec (auto or "
+                                                       "auto:candidates=...)")

@@ -1,7 +1,7 @@
 """Bounds on leave-one-task-out ranking with k probes (issue #15): what a low-rank model, a
 lucky probe set or the single best-matching history task could reach, beside the anchor.
 
-``python -m experiments.bounds_model_recycling`` runs it on a bundled benchmark.
+``./run.sh bounds --benchmark=NAME`` (``experiments/bounds.py``) runs it on a bundled benchmark.
 
 Same folds, probe draws and scored models as ``fennec_jax.eval.protocol.TasksOut``
 (history = the other targets; ``protocol.probe_draw(candidates, k, seed, task)``; metrics from

@@ -1,4 +1,4 @@
-"""Smoke tests of experiments/bounds_model_recycling.py on a planted low-rank matrix."""
+"""Smoke tests of fennec_jax.eval.bounds (./run.sh bounds) on a planted low-rank matrix."""
 
 import numpy as np
 

@@ -2,7 +2,7 @@
 what a low-rank model, a lucky probe set or the best-matching history task could reach, beside
 the anchor (the rows: :mod:`fennec_jax.eval.bounds`).
 
-  nice .venv/bin/python -m experiments.bounds_model_recycling --out=runs/bounds_mr
+  ./run.sh bounds --benchmark=model_recycling --out=runs/bounds_mr
 
 Writes OUT/bounds.json (atomically) and OUT/table.md, and prints the table.
 """
@@ -28,7 +28,7 @@ _TRANSFORM = flags.DEFINE_enum("transform", "z", list(TRANSFORMS),
                                "Per-task scores the factor models fit: z-scores (records.standardize) or normal "
                                "scores of the ranks (records.normal_scores; a sensitivity check).")
 _L2 = flags.DEFINE_float("l2", 1e-3, "Ridge on the factors in the masked ALS (z-score units).", lower_bound=0.0)
-_OUT = flags.DEFINE_string("out", "runs/bounds_mr", "Output folder.")
+_OUT = flags.DEFINE_string("out", "runs/bounds", "Output folder.")
 
 
 def main():
