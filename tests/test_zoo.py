@@ -291,6 +291,8 @@ def test_rank_command_writes_the_ranking_and_reports(cli_zoo):
     assert all(float(r["interval_low"]) <= float(r["predicted_score"]) <= float(r["interval_high"]) for r in rows)
     html = open(out / "report.html").read()
     assert "<img" in html and "data:image/png;base64," in html and "model2" in html
+    markdown = open(out / "report.md").read()  # the evidence once, above the table, not on every row
+    assert "ranked from proxy + probes (1)." in markdown and "evidence" not in markdown.split("| rank")[1]
     assert "top 10" in result.stdout and result.stdout.count("model") >= 10
 
 

@@ -32,12 +32,19 @@ def _intro(ranking: TaskRanking, zoo_name: str) -> list[str]:
             f"for this task (`observed`), ranked by it."]
 
 
+def _shown(ranking: TaskRanking, top_k: int | None) -> tuple[list[str], list[list[str]]]:
+    """``(columns, cells)`` of the reports' table: the CSV's, less ``evidence`` (the same on
+    every row; the reports say it once, above the table)."""
+    keep = [i for i, c in enumerate(ranking.columns) if c != "evidence"]
+    return [ranking.columns[i] for i in keep], [[_cell(row[i]) for i in keep] for row in ranking.rows(top_k)]
+
+
 def ranking_markdown(ranking: TaskRanking, zoo_name: str, top_k: int | None = None) -> str:
     """The ranking as Markdown: what it rests on, then the table of the best ``top_k``."""
-    rows = ranking.rows(top_k)
+    columns, cells = _shown(ranking, top_k)
     lines = [f"# Ranking for {ranking.task}", "", *_intro(ranking, zoo_name), "",
-             "| " + " | ".join(ranking.columns) + " |", "|" + "---|" * len(ranking.columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
 
 
@@ -75,9 +82,7 @@ def ranking_figure(ranking: TaskRanking, count: int = _PLOTTED) -> str:
 def ranking_html(ranking: TaskRanking, zoo_name: str, top_k: int | None = None) -> str:
     """A self-contained HTML page: what the ranking rests on, the plot, the table."""
     body = [html_report.paragraph(p) for p in _intro(ranking, zoo_name)]
-    body += [ranking_figure(ranking),
-             html_report.table(ranking.columns, [[_cell(v) for v in row] for row in ranking.rows(top_k)],
-                               text_columns=(1, ranking.columns.index("evidence")))]
+    body += [ranking_figure(ranking), html_report.table(*_shown(ranking, top_k), text_columns=(1,))]
     return html_report.page(f"Ranking for {ranking.task}", body)
 
 
