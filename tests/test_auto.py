@@ -155,3 +155,22 @@ def test_auto_choices_command_records_each_fold_and_refuses_other_methods(tmp_pa
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1] == ("error: --method=popularity: expected an auto spec (auto or "
                                                        "auto:candidates=...)")
+
+
+def test_suggest_through_auto_uses_the_chosen_candidates_posterior():
+    from fennec_jax.methods import suggest
+
+    records = _zoo(clusters=2)
+    space = Auto(candidates=("fennec:preset=mf&steps=40",))
+    state = space.fit(records)
+    evidence = TaskEvidence(np.array([0, 1]), records.scores[0, [0, 1]])
+    posterior = space.task_posterior(state, evidence)
+    label = state.choice(evidence.k)
+    expected = state.methods[label].task_posterior(state.states[label], evidence)
+    np.testing.assert_array_equal(posterior.scores, expected.scores)
+    picks = suggest.suggest(space, state, evidence, 3, "dopt")
+    assert len(set(picks.models.tolist())) == 3 and not set(picks.models.tolist()) & {0, 1}
+    plain = Auto(candidates=("popularity",))
+    with pytest.raises(suggest.UnsupportedPolicyError, match="auto chose popularity for a task with 2 probe"):
+        suggest.suggest(plain, plain.fit(records), evidence, 2, "thompson")
+    assert len(suggest.suggest(plain, plain.fit(records), evidence, 2, "random").models) == 2

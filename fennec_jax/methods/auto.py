@@ -372,6 +372,19 @@ class Auto(MethodBase):
         label = state.choice(evidence.k)
         return np.asarray(state.methods[label].score(state.states[label], evidence), dtype=np.float64)
 
+    def task_posterior(self, state: AutoState, evidence: TaskEvidence):
+        """The posterior over the task vector of the candidate chosen for ``evidence.k``
+        (:mod:`fennec_jax.methods.suggest`: a fennec space gives one); an
+        UnsupportedPolicyError when that candidate gives none (popularity, knn_task, ...)."""
+        from fennec_jax.methods.suggest import UnsupportedPolicyError
+
+        label = state.choice(evidence.k)
+        if not hasattr(state.methods[label], "task_posterior"):
+            raise UnsupportedPolicyError(
+                f"auto chose {label} for a task with {evidence.k} probe(s), and it gives no posterior over the task "
+                f"vector; use the random policy, or a zoo fitted with a fennec method")
+        return state.methods[label].task_posterior(state.states[label], evidence)
+
     def score_batch(self, state: AutoState, evidences: Sequence[TaskEvidence]) -> np.ndarray:
         if not evidences:
             raise ValueError("evidences: expected at least one task")

@@ -253,7 +253,8 @@ class Zoo:
 
         Returns ``[{"model", "gain", "gain_means", "predicted_score"}]``. A ZooError for a budget
         larger than the models left, an unknown or repeated probe, or a method without a
-        posterior (policies other than ``random`` need fennec's).
+        posterior (policies other than ``random`` need fennec's, or auto's where it chose a
+        fennec space).
         """
         from fennec_jax.methods import suggest as suggest_lib
 
