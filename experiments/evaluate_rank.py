@@ -111,10 +111,8 @@ def main():
             choice = rerank.validate_blend(zoo, scorer, entries, depth=depth, estimator=estimator).choose(depth)
             chosen_weights.append(dataclasses.asdict(choice))
             for label, weight in ((validated, choice.weight), *reranked.items()):
-                order = rerank.reorder(ranking, chosen, top, weight=weight).table.order()
-                position = np.empty(len(order))
-                position[order] = np.arange(len(order))
-                rows[label].append(_scores(true, -position[observed]))
+                ranked = rerank.reorder(ranking, chosen, top, weight=weight).table.order_scores()
+                rows[label].append(_scores(true, ranked[observed]))
         probe_rows = []
         for seed in range(_PROBE_SEEDS.value):
             picks = np.random.default_rng([seed, t]).choice(np.flatnonzero(observed), _PROBES.value, replace=False)

@@ -22,6 +22,7 @@ import time
 from absl import flags
 
 from experiments import cli
+from fennec_jax.zoo.blend import DEPTH
 from fennec_jax.zoo.zoo import PROXIES, fit_zoo, read_task_folder
 
 _RECORDS = flags.DEFINE_string("records", None, "Records table (CSV).", required=True)
@@ -35,8 +36,8 @@ _PROXY = flags.DEFINE_string("proxy", "mobilenet_v2", f"Proxy encoder for --task
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 64, "Examples per task embedded (class-balanced).", lower_bound=2)
 _WEIGHTS = flags.DEFINE_string("weights", None, "Checkpoints of the models (architectures.csv + files), to validate "
                                "rank --rerank's blend on the history (needs --task_data).")
-_RERANK_DEPTH = flags.DEFINE_integer("rerank_depth", 10, "With --weights: validate re-ranking 2 to this many models.",
-                                     lower_bound=2)
+_RERANK_DEPTH = flags.DEFINE_integer("rerank_depth", DEPTH, "With --weights: validate re-ranking 2 to this many "
+                                     "models.", lower_bound=2)
 _RERANK_ESTIMATOR = flags.DEFINE_string("rerank_estimator", "logme", "With --weights: the re-ranking estimator.")
 _OUT = flags.DEFINE_string("out", None, "Zoo folder to write.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing zoo folder.")

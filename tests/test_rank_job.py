@@ -208,6 +208,11 @@ def test_ranking_table_ranks_measured_scores_over_predictions_ties_by_name(tmp_p
                             (3, "b", 0.9, 0.8, 1.0, "false", ""), (4, "c", 0.5, 0.4, 0.6, "false", "")]
     lower = RankingTable(models=table.models, predicted=table.predicted, measured=table.measured, lower_is_better=True)
     assert [row[0] for row in lower.rows(2, columns=("model",))] == ["c", "a"]
+    # order_scores: the order (d, a, b, c) as scores, higher = earlier; a fixed order overrides it
+    np.testing.assert_array_equal(table.order_scores(), [0, 1, 2, 3])
+    fixed = RankingTable(models=table.models, predicted=table.predicted, measured=table.measured,
+                         fixed_order=np.array([1, 0, 2, 3]))
+    np.testing.assert_array_equal(fixed.order_scores(), [2, 3, 1, 0])
     lower.write_csv(str(tmp_path / "t.csv"), top_k=1)
     assert (tmp_path / "t.csv").read_text() == ("rank,model,predicted_score,interval_low,interval_high,observed,"
                                                 "measured_score\n1,c,0.5,,,false,\n")

@@ -121,12 +121,6 @@ def _metrics(true: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> dict[str,
     return {key: np.asarray(values[key], dtype=np.float64) for key in REPORTED}
 
 
-def _se(values: np.ndarray) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    return float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
-
-
 def bounds(benchmark: Benchmark, probes=(0, 3, 5), seeds: int = 10, oracle_ranks=(1, 3, 5, 10), anchor_rank: int = 5,
            hindsight_sets: int = 200, l2: float = 1e-3, lp_column: str | None = "mnli_linear_probe",
            transform: str = "z", held_out=None, progress=print) -> dict:
@@ -235,12 +229,13 @@ def bounds(benchmark: Benchmark, probes=(0, 3, 5), seeds: int = 10, oracle_ranks
         for entry in by_k.values():
             per = list(entry["per_task"].values())
             entry["mean"] = {key: float(np.nanmean([p[key] for p in per])) for key in REPORTED}
-            entry["se"] = {key: _se([p[key] for p in per]) for key in REPORTED}
+            entry["se"] = {key: protocol.standard_error([p[key] for p in per]) for key in REPORTED}
     pearson = np.array(list(signal["max_pearson"].values()))
     pop = np.array(list(signal["popularity_pearson"].values()))
-    signal["summary"] = {"max_pearson_mean": float(pearson.mean()), "max_pearson_se": _se(pearson),
+    signal["summary"] = {"max_pearson_mean": float(pearson.mean()), "max_pearson_se": protocol.standard_error(pearson),
                          "max_pearson_min": float(pearson.min()), "max_pearson_median": float(np.median(pearson)),
-                         "popularity_pearson_mean": float(pop.mean()), "popularity_pearson_se": _se(pop)}
+                         "popularity_pearson_mean": float(pop.mean()),
+                         "popularity_pearson_se": protocol.standard_error(pop)}
     config = {"benchmark": benchmark.name, "probes": list(probes), "seeds": seeds, "oracle_ranks": list(oracle_ranks),
               "anchor_rank": anchor_rank, "hindsight_sets": hindsight_sets, "l2": l2, "history": "targets",
               "lp_column": lp_column if lp is not None else None, "set_seed": SET_SEED, "transform": transform}

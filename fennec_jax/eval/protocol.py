@@ -81,12 +81,14 @@ from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Benchmark, Records
 from fennec_jax.eval import metrics
 from fennec_jax.methods import suggest
-from fennec_jax.zoo.calibration import CALIBRATION_TASKS, Calibration, fit_calibration, held_out_predictions, held_out_tasks
+from fennec_jax.zoo.calibration import (CALIBRATION_TASKS, Calibration, fit_calibration, held_out_predictions,
+                                        held_out_tasks)
 
 __all__ = [
     "METRIC_KEYS",
     "INTERVAL_KEYS",
     "KEPT_MODELS",
+    "standard_error",
     "TasksOut",
     "ModelsOut",
     "ArchitecturesOut",
@@ -293,7 +295,7 @@ class _Keeper:
                                                    "pred": np.asarray(pred)[chosen].tolist()}
 
 
-def _standard_error(sample: np.ndarray) -> float:
+def standard_error(sample: np.ndarray) -> float:
     """Standard error of the mean of the finite values of ``sample[N]`` (``ddof=1``); NaN
     with fewer than two."""
     sample = np.asarray(sample, dtype=np.float64)
@@ -308,7 +310,7 @@ def _summarise(entry: dict, keys: Sequence[str]) -> None:
         values = np.array([v[key] for v in entry["per_task"].values()], dtype=np.float64)
         spread = entry.get("seed_means", {}).get(key)
         entry["mean"][key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-        entry["se"][key] = _standard_error(np.asarray(spread, dtype=np.float64) if spread is not None else values)
+        entry["se"][key] = standard_error(np.asarray(spread, dtype=np.float64) if spread is not None else values)
 
 
 def _check(name: str, pred: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -436,7 +438,7 @@ def _tasks_out(benchmark, methods, split: TasksOut, progress, keep: _Keeper):
                 per_seed = {key: np.asarray(values[key]) for key in keys}
                 entry = results[name][_setting_label(k, policy)]
                 entry["per_task"][task] = {key: float(np.nanmean(v)) for key, v in per_seed.items()}
-                entry["per_task_se"][task] = {key: _standard_error(v) for key, v in per_seed.items()}
+                entry["per_task_se"][task] = {key: standard_error(v) for key, v in per_seed.items()}
                 keep(name, _setting_label(k, policy), task, true, pred[0], masks[0])
             seconds[name] += time.perf_counter() - start
             progress(f"{benchmark.name}: {name} on {task}")
@@ -520,8 +522,8 @@ def _architectures_out(benchmark, methods, split: ArchitecturesOut, progress, ke
             results[name][str(n)] = {
                 "per_task": {task: {"kendall": float(by_task[0, t]), "spearman": float(by_task[1, t])}
                              for t, task in enumerate(tasks)},
-                "per_task_se": {task: {"kendall": _standard_error(values[name][:, 0, t]),
-                                       "spearman": _standard_error(values[name][:, 1, t])}
+                "per_task_se": {task: {"kendall": standard_error(values[name][:, 0, t]),
+                                       "spearman": standard_error(values[name][:, 1, t])}
                                 for t, task in enumerate(tasks)},
                 "seed_means": {"kendall": values[name][:, 0].mean(1).tolist(),
                                "spearman": values[name][:, 1].mean(1).tolist()},

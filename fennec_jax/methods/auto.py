@@ -501,18 +501,19 @@ def _draw_taus(preds: dict, trues: list, valids: list) -> dict:
 
 def _row(values: np.ndarray, reference: np.ndarray | None) -> dict:
     """Mean ± se of one candidate's per-task values, and of its paired difference to the reference."""
+    from fennec_jax.eval.protocol import standard_error
+
     ok = np.isfinite(values)
     n = int(ok.sum())
     mean = float(values[ok].mean()) if n else float("nan")
-    se = float(values[ok].std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    se = standard_error(values)
     diff = diff_se = float("nan")
     if reference is not None:
         both = ok & np.isfinite(reference)
         d = values[both] - reference[both]
         if d.size:
             diff = float(d.mean())
-        if d.size > 1:
-            diff_se = float(d.std(ddof=1) / np.sqrt(d.size))
+        diff_se = standard_error(d)
         n = int(both.sum())
     return {"mean": mean, "se": se, "diff": diff, "diff_se": diff_se, "tasks": n}
 

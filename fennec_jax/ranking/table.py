@@ -97,6 +97,13 @@ class RankingTable:
         key = np.where(self.observed, self.measured, self.predicted)
         return np.lexsort((np.array(self.models), key if self.lower_is_better else -key))
 
+    def order_scores(self) -> np.ndarray:
+        """``scores[M]`` that rank the models as :meth:`order` does, higher = earlier (``M - 1``
+        for the first, 0 for the last): a fixed order scored by the metrics like any prediction."""
+        scores = np.empty(len(self.models))
+        scores[self.order()] = np.arange(len(self.models))[::-1]
+        return scores
+
     def rows(self, top_k: int | None = None, columns: Sequence[str] = COLUMNS) -> list[tuple]:
         """The best ``top_k`` models (all when None) as tuples of ``columns`` (a subset of
         :data:`COLUMNS`, in any order); absent values are empty strings."""

@@ -24,9 +24,10 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["GRID", "BlendValidation", "BlendChoice"]
+__all__ = ["GRID", "DEPTH", "BlendValidation", "BlendChoice"]
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEPTH = 10  # re-ranking depths 2 .. DEPTH are validated unless a deeper one is asked
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,8 +41,8 @@ from fennec_jax.core.evidence import TaskEvidence
 from fennec_jax.core.records import Records, observed_moments, standardize
 from fennec_jax.core.ridge import RidgeMap, fit_ridge, ridge_solve
 
-__all__ = ["CALIBRATION_TASKS", "CALIBRATION_PROBES", "Calibration", "task_scales", "median_scale", "fit_scale_map", "fit_calibration",
-           "held_out_tasks", "held_out_predictions"]
+__all__ = ["CALIBRATION_TASKS", "CALIBRATION_PROBES", "Calibration", "task_scales", "median_scale", "fit_scale_map",
+           "fit_calibration", "held_out_tasks", "held_out_predictions"]
 
 CALIBRATION_TASKS = 20  # history tasks a zoo holds out to calibrate (each costs one fit)
 CALIBRATION_PROBES = 3  # probes given to each held-out task for the with-probes intervals

@@ -30,11 +30,12 @@ import numpy as np
 import fennec_jax
 from fennec_jax.core import atomic_io
 from fennec_jax.core.checkpoint import CheckpointError
+from fennec_jax.zoo.blend import DEPTH
 from fennec_jax.zoo.task_data import TaskData, balanced_subset, write_image_folder
 from fennec_jax.zoo.zoo import Zoo, ZooError, fit_zoo, load_zoo
 
-__all__ = ["default_zoo_path", "default_zoo", "default_zoo_blend", "default_weights", "builder_task_data", "write_sample_task",
-           "SAMPLE_CLASSES"]
+__all__ = ["default_zoo_path", "default_zoo", "default_zoo_blend", "default_weights", "builder_task_data",
+           "write_sample_task", "SAMPLE_CLASSES"]
 
 IMAGE_SIZE = 16  # the default build's image side
 NUM_TARGETS = 20
@@ -112,7 +113,7 @@ def default_zoo_blend(zoo: Zoo, weights_folder: str, *, depth: int, estimator: s
         return zoo
     log(f"validating the re-ranking blend on the default zoo's held-out tasks (once; cached in {default_zoo_path()})")
     zoo = rerank.with_blend(zoo, builder_task_data(zoo.max_examples), rerank.read_weights_dir(weights_folder),
-                            depth=max(depth, 10), estimator=estimator, progress=log)
+                            depth=max(depth, DEPTH), estimator=estimator, progress=log)
     zoo.save(default_zoo_path(), overwrite=True)
     return zoo
 

@@ -60,12 +60,13 @@ from fennec_jax.archs import architectures
 from fennec_jax.encoders import features as features_lib
 from fennec_jax.encoders.proxy import resize_center_crop
 from fennec_jax.ranking.table import RankingTable
-from fennec_jax.zoo.blend import GRID, BlendValidation
+from fennec_jax.zoo.blend import DEPTH, GRID, BlendValidation
 from fennec_jax.zoo.task_data import TaskData
 from fennec_jax.zoo.zoo import TaskRanking, Zoo, ZooError
 
 __all__ = ["WeightsEntry", "read_weights_dir", "candidates", "candidate_features", "estimator_scores", "reorder",
-           "rerank", "validate_blend", "forward_pass_scorer", "with_blend", "blend_weight", "DEFAULT_WEIGHT", "PREPROCESS"]
+           "rerank", "validate_blend", "forward_pass_scorer", "with_blend", "blend_weight", "DEFAULT_WEIGHT",
+           "PREPROCESS"]
 
 DEFAULT_WEIGHT = 0.5
 PREPROCESS = ("imagenet", "unit")
@@ -322,7 +323,8 @@ def blend_weight(zoo: Zoo, depth: int, estimator: str) -> tuple[float, str]:
     if validation.estimator != estimator or depth > validation.depth:
         return DEFAULT_WEIGHT, (f"weight {DEFAULT_WEIGHT:g} (the zoo validated {validation.estimator} up to "
                                 f"{validation.depth} models, not {estimator} with {depth})")
-    return validation.choose(depth).weight, validation.choose(depth).describe(depth)
+    choice = validation.choose(depth)
+    return choice.weight, choice.describe(depth)
 
 
 def forward_pass_scorer(task_data: Mapping[str, TaskData], weights: Mapping[str, WeightsEntry], estimator: str, *,
@@ -338,7 +340,7 @@ def forward_pass_scorer(task_data: Mapping[str, TaskData], weights: Mapping[str,
     return scorer
 
 
-def validate_blend(zoo: Zoo, scorer: Callable[[str, list[str]], np.ndarray], available, *, depth: int = 10,
+def validate_blend(zoo: Zoo, scorer: Callable[[str, list[str]], np.ndarray], available, *, depth: int = DEPTH,
                    estimator: str = "logme", progress: Callable[[str], None] = lambda msg: None) -> BlendValidation:
     """Weighted taus of the zoo's held-out history tasks re-ranked at depths ``2 .. depth`` and
     each weight of :data:`fennec_jax.zoo.blend.GRID` (that module's docstring).
@@ -367,14 +369,12 @@ def validate_blend(zoo: Zoo, scorer: Callable[[str, list[str]], np.ndarray], ava
         observed = records.mask[t]
         for r in range(2, depth + 1):
             for g, weight in enumerate(GRID):
-                order = reorder(ranking, chosen[:r], scores[:r], weight=weight).table.order()
-                position = np.empty(order.size)
-                position[order] = np.arange(order.size)
-                taus[r - 2, g, h] = weighted_tau(records.scores[t, observed], -position[observed])
+                ranked = reorder(ranking, chosen[:r], scores[:r], weight=weight).table.order_scores()
+                taus[r - 2, g, h] = weighted_tau(records.scores[t, observed], ranked[observed])
     return BlendValidation(estimator, tuple(calibration.held_out), GRID, taus)
 
 
-def with_blend(zoo: Zoo, task_data: Mapping[str, TaskData], weights: Mapping[str, WeightsEntry], *, depth: int = 10,
+def with_blend(zoo: Zoo, task_data: Mapping[str, TaskData], weights: Mapping[str, WeightsEntry], *, depth: int = DEPTH,
                estimator: str = "logme", progress: Callable[[str], None] = lambda msg: None, mesh=None) -> Zoo:
     """``zoo`` carrying the re-ranking blend validated on its held-out history tasks, whose data
     ``task_data`` gives (:func:`validate_blend` over forward passes of ``weights``)."""

@@ -42,7 +42,8 @@ from fennec_jax.core.records import Records
 from fennec_jax.methods.base import method_from_spec
 from fennec_jax.ranking.table import COLUMNS, RankingTable
 from fennec_jax.zoo.blend import BlendValidation
-from fennec_jax.zoo.calibration import CALIBRATION_TASKS, Calibration, fit_calibration, held_out_predictions, held_out_tasks
+from fennec_jax.zoo.calibration import (CALIBRATION_TASKS, Calibration, fit_calibration, held_out_predictions,
+                                        held_out_tasks)
 from fennec_jax.zoo.task_data import TaskData, read_task
 
 __all__ = ["FORMAT", "PROXIES", "Zoo", "ZooError", "TaskRanking", "fit_zoo", "load_zoo", "load_proxy", "embed_task",
@@ -328,8 +329,8 @@ def load_zoo(path: str) -> Zoo:
     except (OSError, ValueError) as err:
         raise ZooError(f"{manifest_path}: unreadable ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ZooError(f"{path}: not a {FORMAT} zoo (format {manifest.get('format') if isinstance(manifest, dict) else None!r}); "
-                       f"refit it with ./run.sh fit_zoo")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ZooError(f"{path}: not a {FORMAT} zoo (format {found!r}); refit it with ./run.sh fit_zoo")
     if manifest.get("fennec_jax_version") != fennec_jax.__version__:
         raise ZooError(f"{path}: fitted with fennec_jax {manifest.get('fennec_jax_version')}, this is "
                        f"{fennec_jax.__version__}; refit it with ./run.sh fit_zoo")
