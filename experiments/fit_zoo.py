@@ -77,9 +77,9 @@ def main():
         zoo = rerank.with_blend(zoo, task_data, weights, depth=_RERANK_DEPTH.value,
                                 estimator=_RERANK_ESTIMATOR.value, progress=log)
     zoo.save(_OUT.value, overwrite=_OVERWRITE.value)
-    q = zoo.calibration.quantile(0.8) if zoo.calibration.errors.size else float("nan")
+    low, high = zoo.calibration.quantiles(0.8) if zoo.calibration.errors.size else (float("nan"),) * 2
     print(f"wrote zoo {_OUT.value}: {len(zoo.models)} models x {len(zoo.tasks)} tasks, method {spec}, proxy "
-          f"{zoo.proxy or 'none (ranks from probes and metadata)'}; 80% intervals +- {q:.2f} task std "
+          f"{zoo.proxy or 'none (ranks from probes and metadata)'}; 80% intervals {low:+.2f} to {high:+.2f} task std "
           f"(held-out {len(zoo.calibration.held_out)} tasks); {time.perf_counter() - start:.1f} s")
     if zoo.blend is not None:
         print(f"re-ranking blend for rank --rerank={_RERANK_DEPTH.value}: "

@@ -14,7 +14,7 @@ from PIL import Image
 
 from fennec_jax.core.checkpoint import CheckpointError
 from fennec_jax.core.records import records_from_matrix
-from fennec_jax.zoo.calibration import Calibration, fit_calibration
+from fennec_jax.zoo.calibration import Calibration, error_quantiles, fit_calibration
 from fennec_jax.zoo.task_data import TaskData, TaskDataError, balanced_subset, read_task, write_image_folder
 from fennec_jax.zoo.zoo import ZooError, fit_zoo, load_zoo
 
@@ -121,9 +121,16 @@ def test_bad_task_data_names_the_path(tmp_path, case, expected):
 # ----------------------------------------------------------------------------- calibration
 
 
-def test_conformal_quantile_and_probe_scale():
-    cal = Calibration(1.0, None, (0.0, 1.0), np.arange(1.0, 11.0))
-    assert cal.quantile(0.8) == 9.0  # rank ceil((10 + 1) * 0.8) = 9 of 10
+def _calibration(errors, probe_errors=(), **kwargs):
+    """A calibration whose errors come from one held-out task each (no offsets to learn)."""
+    errors, probe_errors = np.asarray(errors, float), np.asarray(probe_errors, float)
+    return Calibration(1.0, None, kwargs.pop("default_scale", (0.0, 1.0)), errors, np.zeros(errors.size, int),
+                       probe_errors=probe_errors, probe_groups=np.zeros(probe_errors.size, int), **kwargs)
+
+
+def test_error_quantiles_and_probe_scale():
+    cal = _calibration(np.arange(-10.0, 11.0))
+    assert cal.quantiles(0.8) == pytest.approx((-8.0, 8.0))  # one task: the errors' own 10 % and 90 % points
     z = np.linspace(-2, 2, 12)
     truth = 5.0 + 2.0 * (z - z.mean())
     pred, low, high = cal.predict(z, probe_models=range(12), probe_scores=truth)
@@ -132,17 +139,41 @@ def test_conformal_quantile_and_probe_scale():
     prior_pred, _, _ = cal.predict(z)
     assert np.allclose(prior_pred, z - z.mean())
     # With probes, the errors of probed held-out tasks set the interval (prior std 1 here).
-    cal = Calibration(1.0, None, (0.0, 1.0), np.arange(1.0, 11.0), probe_errors=np.arange(0.1, 1.05, 0.1))
+    cal = _calibration(np.arange(-10.0, 11.0), probe_errors=np.arange(-1.0, 1.05, 0.1))
     _, low, high = cal.predict(z)
-    assert np.allclose(high - low, 2 * 9.0)
+    assert np.allclose(high - low, 16.0)
     _, std = cal.estimate(z, probe_models=[0, 11], probe_scores=[-2.0, 2.0])
     _, low, high = cal.predict(z, probe_models=[0, 11], probe_scores=[-2.0, 2.0])
-    assert np.allclose(high - low, 2 * 0.9 * std)
+    assert np.allclose(high - low, 1.6 * std)
+
+
+def test_error_quantiles_cover_new_tasks_when_errors_share_a_task_offset():
+    # Errors = task offset (sd 1) + cell noise (sd 0.2); 6 held-out tasks of 30 cells, as on the
+    # small benchmarks. The pooled cells' quantile covers a new task's cells ~ 0.8 * 6 / 7 of the
+    # time; the offset's Student-t prediction covers ~ 0.8.
+    rng = np.random.default_rng(0)
+    pooled, grouped = [], []
+    for _ in range(400):
+        offsets = rng.normal(size=7)
+        errors = offsets[:, None] + 0.2 * rng.normal(size=(7, 30))
+        history, new = errors[:6].ravel(), errors[6]
+        low, high = error_quantiles(history, np.repeat(np.arange(6), 30), 0.8)
+        grouped.append(np.mean((new >= low) & (new <= high)))
+        low, high = np.quantile(history, [0.1, 0.9])
+        pooled.append(np.mean((new >= low) & (new <= high)))
+    assert np.mean(grouped) == pytest.approx(0.8, abs=0.03)
+    assert np.mean(pooled) < 0.75  # what the pooled quantile gave: a check that can fail
+    # Exchangeable cells (no offsets): the residuals' own quantiles.
+    errors = rng.normal(size=(6, 200))
+    low, high = error_quantiles(errors.ravel(), np.repeat(np.arange(6), 200), 0.8)
+    assert (low, high) == pytest.approx((-1.2816, 1.2816), abs=0.08)
+    with pytest.raises(ValueError, match="level: expected a coverage in"):
+        error_quantiles(errors.ravel(), np.repeat(np.arange(6), 200), 1.0)
 
 
 def test_intervals_reach_as_far_as_the_task_own_probe_results():
     # Huge errors: every interval is clipped, to the records' range, or past it to a probe's result.
-    cal = Calibration(1.0, None, (0.5, 0.1), np.full(10, 1e4), bounds=(0.0, 1.0))
+    cal = _calibration(np.r_[np.full(5, -1e4), np.full(5, 1e4)], default_scale=(0.5, 0.1), bounds=(0.0, 1.0))
     z = np.linspace(-1, 1, 5)
     _, low, high = cal.predict(z)
     assert np.all(low == 0.0) and np.all(high == 1.0)
@@ -155,7 +186,7 @@ def test_calibration_slope_and_errors_from_held_out_tasks(world):
     z = (records.scores - records.scores.mean(1, keepdims=True)) / records.scores.std(1, keepdims=True)
     cal = fit_calibration(records, None, [0, 1, 2], 3.0 * z[:3])  # scores 3x the true z-scores
     assert cal.slope == pytest.approx(1 / 3)
-    assert cal.errors.size == 3 * records.num_models and np.all(np.diff(cal.errors) >= 0)
+    assert cal.errors.size == 3 * records.num_models and np.array_equal(np.unique(cal.groups), [0, 1, 2])
     assert cal.bounds == (records.scores.min(), records.scores.max())
 
 
@@ -203,6 +234,7 @@ def test_zoo_save_load_round_trip_and_refusals(zoo, world, tmp_path):
     assert np.array_equal(a.table.predicted, b.table.predicted) and np.array_equal(a.table.high, b.table.high)
     assert zoo.calibration.probe_errors.size > 0
     assert np.array_equal(loaded.calibration.probe_errors, zoo.calibration.probe_errors)
+    assert np.array_equal(loaded.calibration.groups, zoo.calibration.groups)
     assert sorted(os.listdir(tmp_path)) == ["zoo"]  # no temporary folder left
     with pytest.raises(ZooError, match="already exists"):
         zoo.save(path)

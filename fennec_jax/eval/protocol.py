@@ -30,7 +30,8 @@ on a benchmark under one split:
   t's units, calibrated on the fold's history alone (:mod:`fennec_jax.zoo.calibration`, as a
   zoo calibrates: up to ``calibration_tasks`` history tasks (:func:`~fennec_jax.zoo.calibration.held_out_tasks`)
   are held out in turn, the method fitted without each scores it from its name, metadata and
-  proxy, then also given 3 random probes; split conformal on their errors), and two more
+  proxy, then also given 3 random probes; quantiles of their errors whose level is calibrated
+  over those tasks, :func:`~fennec_jax.zoo.calibration.error_quantiles`), and two more
   metrics are reported: ``coverage``, the share of t's evaluated non-probe models whose true
   score lies in their interval (:meth:`Calibration.predict <fennec_jax.zoo.calibration.Calibration.predict>`
   given t's proxy when the benchmark carries one, else the history's median scale, and the
@@ -197,7 +198,7 @@ class TasksOut:
                      "se": "standard error over tasks of the per-task means over seeds (seed spread included); "
                            "per task: over seeds"}
         if self.intervals is not None:
-            described["intervals"] = (f"{self.intervals:g} two-sided, split conformal on up to "
+            described["intervals"] = (f"{self.intervals:g} two-sided, error quantiles calibrated over up to "
                                       f"{self.calibration_tasks} held-out history tasks of each fold")
         return described
 

@@ -12,13 +12,20 @@ fitted on the zoo's own history:
    penalty by leave-one-out) fitted on the history tasks; without a proxy, the median over
    history tasks. Probe results refine ``(mean, std)``: ridge of the probes' measured scores on
    their ``z_hat`` pulled toward the prior with the weight of one probe.
-3. **Interval**: ``y_hat +- q * std``, clipped to the range of the records' measured scores
-   and the task's own probe results (an interval reaching past every result measured says
-   nothing more), where ``q`` is the ``level`` quantile of the held-out history cells' normalised
-   errors ``|y - y_hat| / std`` (split conformal over held-out tasks, with each held-out task's
-   scale predicted without it). Coverage is therefore measured on held-out history tasks, not
-   assumed. A task with probes uses the errors of held-out tasks given a few random probes
-   (their cells left out), so its interval narrows as probes refine it.
+3. **Interval**: ``[y_hat + q_low * std, y_hat + q_high * std]``, clipped to the range of the
+   records' measured scores and the task's own probe results (an interval reaching past every
+   result measured says nothing more). ``q_low, q_high`` are the ``(1 -+ level) / 2`` quantiles of
+   the error a new task's cell is predicted to have, learnt from the signed normalised errors
+   ``e = (y - y_hat) / std`` of held-out history cells (each held-out task's scale predicted
+   without it), so coverage is measured on held-out history tasks, not assumed. The errors of
+   one task are not exchangeable with another's (a task better or worse than predicted moves
+   all its models at once), so the quantiles' level is itself calibrated over tasks: quantiles
+   from all held-out tasks but one must cover ``level`` of the left-out task's cells, on
+   average over the tasks left out in turn (:func:`error_quantiles`). With few held-out tasks
+   and errors dominated by per-task offsets this widens the interval the pooled cells would
+   give; with exchangeable cells it leaves it about as it is. A task with probes uses the
+   errors of held-out tasks given a few random probes (their cells left out), so its interval
+   narrows as probes refine it.
 
 :func:`held_out_predictions` produces the held-out scores for any method (the protocol of
 :mod:`fennec_jax.methods.base`): a zoo calibrates with them (:func:`fennec_jax.zoo.zoo.fit_zoo`), and
@@ -42,11 +49,47 @@ from fennec_jax.core.records import Records, observed_moments, standardize
 from fennec_jax.core.ridge import RidgeMap, fit_ridge, ridge_solve
 
 __all__ = ["CALIBRATION_TASKS", "CALIBRATION_PROBES", "Calibration", "task_scales", "median_scale", "fit_scale_map",
-           "fit_calibration", "held_out_tasks", "held_out_predictions"]
+           "fit_calibration", "error_quantiles", "held_out_tasks", "held_out_predictions"]
 
 CALIBRATION_TASKS = 20  # history tasks a zoo holds out to calibrate (each costs one fit)
 CALIBRATION_PROBES = 3  # probes given to each held-out task for the with-probes intervals
 _MIN_STD_FRACTION = 0.05  # a refined std is at least this share of its prior
+_GRID = 200  # nominal levels tried by error_quantiles: 0.005, 0.010, ..., 1
+
+
+def error_quantiles(errors: np.ndarray, groups: np.ndarray, level: float) -> tuple[float, float]:
+    """``(q_low, q_high)``: quantiles of the signed ``errors[R]`` of held-out tasks' cells
+    (``groups[R]``: which held-out task each comes from) such that an interval
+    ``[q_low, q_high]`` covers a share ``level`` of a new task's cells (module docstring, step 3).
+
+    They are the errors' ``(1 -+ l) / 2`` quantiles, at the smallest nominal level ``l`` whose
+    quantiles, taken from all held-out tasks but one, cover ``level`` of the left-out task's cells
+    on average over the tasks left out in turn. Where the cells are exchangeable ``l`` is about
+    ``level``; where a task's errors share an offset, so that a new task may lie beyond the tasks
+    seen, ``l`` rises to cover it (up to the widest errors seen, ``l = 1``). With one held-out task
+    ``l = level``; NaN without errors."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
+    errors, groups = np.asarray(errors, np.float64), np.asarray(groups)
+    if errors.shape != groups.shape:
+        raise ValueError(f"errors and groups: expected the same shape, got {errors.shape} and {groups.shape}")
+    if errors.size == 0:
+        return float("nan"), float("nan")
+    nominal = level
+    labels = np.unique(groups)
+    if labels.size >= 2:
+        levels = np.linspace(0.0, 1.0, _GRID + 1)[1:]
+        tails = np.concatenate([(1.0 - levels) / 2, (1.0 + levels) / 2])
+        covered = np.zeros(levels.size)
+        for label in labels:
+            left = groups == label
+            bounds = np.quantile(errors[~left], tails).reshape(2, -1)
+            cells = errors[left][:, None]
+            covered += np.mean((cells >= bounds[0]) & (cells <= bounds[1]), axis=0)
+        enough = np.flatnonzero(covered / labels.size >= level)
+        nominal = levels[enough[0]] if enough.size else 1.0
+    low, high = np.quantile(errors, [(1.0 - nominal) / 2, (1.0 + nominal) / 2])
+    return float(low), float(high)
 
 
 def task_scales(records: Records) -> tuple[np.ndarray, np.ndarray]:
@@ -81,34 +124,32 @@ class Calibration:
       slope: ``z_hat = slope * (s - mean(s))``.
       scale_map: proxy ``[P]`` -> ``[mean, log std]``, or None (no proxies in the history).
       default_scale: ``(mean, std)`` for a task without a proxy (:func:`median_scale`).
-      errors: sorted normalised errors ``|y - y_hat| / std_hat`` of held-out history cells ``[R]``
+      errors: signed normalised errors ``(y - y_hat) / std_hat`` of held-out history cells ``[R]``
         (empty: no interval can be given).
+      groups: ``[R]`` int, the held-out task (its position in ``held_out``) of each error.
       bounds: ``(min, max)`` of the records' measured scores; intervals are clipped to it.
       held_out: the history tasks the errors come from.
-      probe_errors: the same errors when the held-out tasks had a few probes (their scale then
-        refined by the probes, the probes' own cells left out); used for a task with probes
-        (empty: the k = 0 errors serve).
+      probe_errors, probe_groups: the same when the held-out tasks had a few probes (their
+        scale then refined by the probes, the probes' own cells left out); used for a task with
+        probes (empty: the k = 0 errors serve).
     """
 
     slope: float
     scale_map: RidgeMap | None
     default_scale: tuple[float, float]
     errors: np.ndarray
+    groups: np.ndarray
     bounds: tuple[float, float] = (-np.inf, np.inf)
     held_out: tuple[str, ...] = ()
     probe_errors: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    probe_groups: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
 
-    def quantile(self, level: float, probed: bool = False) -> float:
-        """The ``level`` quantile of the normalised errors (of the probed ones when ``probed``
-        and there are any; NaN without errors)."""
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
-        errors = self.probe_errors if probed and self.probe_errors.size else self.errors
-        if errors.size == 0:
-            return float("nan")
-        # The conformal rank: ceil((R + 1) level), capped at R.
-        rank = min(errors.size, int(np.ceil((errors.size + 1) * level)))
-        return float(errors[rank - 1])
+    def quantiles(self, level: float, probed: bool = False) -> tuple[float, float]:
+        """``(q_low, q_high)`` of a new task's normalised error (:func:`error_quantiles`; of the
+        probed held-out tasks when ``probed`` and there are any; NaN without errors)."""
+        if probed and self.probe_errors.size:
+            return error_quantiles(self.probe_errors, self.probe_groups, level)
+        return error_quantiles(self.errors, self.groups, level)
 
     def prior_scale(self, proxy: np.ndarray | None) -> tuple[float, float]:
         """``(mean, std)`` of the new task's scores before any probe."""
@@ -136,11 +177,11 @@ class Calibration:
                 level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(y_hat[M], low[M], high[M])`` in the records' units for a method's ``scores[M]``."""
         y_hat, std = self.estimate(scores, proxy=proxy, probe_models=probe_models, probe_scores=probe_scores)
-        half = self.quantile(level, probed=len(probe_models) > 0) * std
+        below, above = self.quantiles(level, probed=len(probe_models) > 0)
         low, high = self.bounds
         if len(probe_scores):  # the task's own results widen the range it may reach
             low, high = min(low, float(np.min(probe_scores))), max(high, float(np.max(probe_scores)))
-        return y_hat, np.clip(y_hat - half, low, high), np.clip(y_hat + half, low, high)
+        return y_hat, np.clip(y_hat + below * std, low, high), np.clip(y_hat + above * std, low, high)
 
 
 def fit_calibration(records: Records, proxies: np.ndarray | None, held_out: Sequence[int],
@@ -160,25 +201,31 @@ def fit_calibration(records: Records, proxies: np.ndarray | None, held_out: Sequ
     mask = records.mask[held_out]
     denominator = float((centred[mask] ** 2).sum())
     slope = float((centred[mask] * z[mask]).sum() / denominator) if denominator > 0 else 0.0
-    errors, probe_errors = [], []
+    errors, groups, probe_errors, probe_groups = [], [], [], []
     for row, t in enumerate(held_out):
         rest = [i for i in range(records.num_tasks) if i != t]
         rest_records, proxy = records.select_tasks(rest), None if proxies is None else proxies[t]
         part = Calibration(slope, fit_scale_map(rest_records, None if proxies is None else proxies[rest]),
-                           median_scale(rest_records), np.zeros(0))
+                           median_scale(rest_records), np.zeros(0), np.zeros(0, int))
         y_hat, std = part.estimate(predictions[row], proxy=proxy)
-        errors.append(np.abs(records.scores[t, mask[row]] - y_hat[mask[row]]) / std)
+        errors.append((records.scores[t, mask[row]] - y_hat[mask[row]]) / std)
+        groups.append(np.full(errors[-1].size, row))
         if probed:
             probes, scores = probed[row]
             y_hat, std = part.estimate(scores, proxy=proxy, probe_models=probes, probe_scores=records.scores[t, probes])
             rest_cells = mask[row].copy()
             rest_cells[probes] = False
-            probe_errors.append(np.abs(records.scores[t, rest_cells] - y_hat[rest_cells]) / std)
+            probe_errors.append((records.scores[t, rest_cells] - y_hat[rest_cells]) / std)
+            probe_groups.append(np.full(probe_errors[-1].size, row))
     observed = records.scores[records.mask]
-    return Calibration(slope, fit_scale_map(records, proxies), median_scale(records),
-                       np.sort(np.concatenate(errors)) if errors else np.zeros(0),
-                       (float(observed.min()), float(observed.max())), tuple(records.tasks[t] for t in held_out),
-                       np.sort(np.concatenate(probe_errors)) if probe_errors else np.zeros(0))
+    return Calibration(slope, fit_scale_map(records, proxies), median_scale(records), _concat(errors, float),
+                       _concat(groups, int), (float(observed.min()), float(observed.max())),
+                       tuple(records.tasks[t] for t in held_out), _concat(probe_errors, float),
+                       _concat(probe_groups, int))
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
 def held_out_tasks(records: Records, limit: int) -> list[int]:

@@ -49,7 +49,7 @@ from fennec_jax.zoo.task_data import TaskData, read_task
 __all__ = ["FORMAT", "PROXIES", "Zoo", "ZooError", "TaskRanking", "fit_zoo", "load_zoo", "load_proxy", "embed_task",
            "read_task_folder"]
 
-FORMAT = "fennec_jax.zoo/2"  # 2: held-out scores and the re-ranking blend's validation
+FORMAT = "fennec_jax.zoo/3"  # 2: held-out scores and the re-ranking blend's validation; 3: signed errors by task
 PROXIES = ("mobilenet_v2", "clip:/path/to/checkpoint")
 
 
@@ -291,14 +291,16 @@ class Zoo:
                 "models": list(self.models), "tasks": list(self.tasks),
                 "calibration": {"slope": cal.slope, "default_scale": list(cal.default_scale), "bounds": list(cal.bounds),
                                 "held_out": list(cal.held_out), "scale_map": cal.scale_map is not None,
-                                "interval_80": cal.quantile(0.8) if cal.errors.size else None,
-                                "interval_80_with_probes": cal.quantile(0.8, probed=True) if cal.errors.size else None},
+                                "interval_80": list(cal.quantiles(0.8)) if cal.errors.size else None,
+                                "interval_80_with_probes": list(cal.quantiles(0.8, probed=True)) if cal.errors.size
+                                else None},
                 "rerank_blend": None if self.blend is None else self.blend.to_json()}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         cal = self.calibration
         arrays = {"scores": np.where(self.records.mask, self.records.scores, 0.0), "mask": self.records.mask,
-                  "errors": cal.errors, "probe_errors": cal.probe_errors}
+                  "errors": cal.errors, "groups": cal.groups, "probe_errors": cal.probe_errors,
+                  "probe_groups": cal.probe_groups}
         if "proxy" in self.records.task_side:
             arrays["proxies"] = np.asarray(self.records.task_side["proxy"], np.float64)
         if cal.scale_map is not None:
@@ -351,8 +353,9 @@ def load_zoo(path: str) -> Zoo:
     cal = meta["calibration"]
     scale_map = (RidgeMap(arrays["scale_weights"], arrays["scale_bias"], arrays["scale_l2"])
                  if cal["scale_map"] else None)
-    calibration = Calibration(cal["slope"], scale_map, tuple(cal["default_scale"]), arrays["errors"],
-                              tuple(cal["bounds"]), tuple(cal["held_out"]), arrays["probe_errors"])
+    calibration = Calibration(cal["slope"], scale_map, tuple(cal["default_scale"]), arrays["errors"], arrays["groups"],
+                              tuple(cal["bounds"]), tuple(cal["held_out"]), arrays["probe_errors"],
+                              arrays["probe_groups"])
     blend = meta.get("rerank_blend")
     if blend is not None:
         blend = BlendValidation(blend["estimator"], tuple(blend["tasks"]), tuple(blend["grid"]), arrays["blend_taus"])
