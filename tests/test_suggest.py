@@ -48,7 +48,7 @@ def _features(num_models=30, dim=3, seed=0):
     return np.random.default_rng(seed).normal(size=(num_models, dim)) * np.array([3.0, 1.0, 0.3])[:dim]
 
 
-@pytest.mark.parametrize("spec", ["random", "dopt", "thompson", "thompson:draws=16"])
+@pytest.mark.parametrize("spec", ["random", "dopt", "thompson", "thompson:draws=16", "mixed", "mixed:hunt=2"])
 @pytest.mark.parametrize("budget", [1, 4])
 def test_each_policy_suggests_distinct_unprobed_candidates_within_budget(spec, budget):
     method = Linear(_features())
@@ -168,8 +168,27 @@ def test_sequential_mode_reveals_each_pick_before_the_next_and_batch_mode_plans_
         assert evidence.metadata == {"task": "t"}
 
 
+def test_mixed_learns_with_dopt_then_hunts_with_thompson():
+    x = _features(num_models=20, dim=2, seed=3)
+    truth = x @ np.array([1.0, -0.5])
+    method = Linear(x, noise=1e-4)
+    probes = np.argsort(truth)[:3]
+    evidence = TaskEvidence(probes, truth[probes])
+    mixed = suggest(method, None, evidence, 3, "mixed", seed=0)
+    dopt = suggest(method, None, evidence, 2, "dopt", seed=0)
+    np.testing.assert_array_equal(mixed.models[:2], dopt.models)  # the learning picks are dopt's
+    np.testing.assert_allclose(mixed.gains[:2], dopt.gains)
+    left = np.setdiff1d(np.arange(20), np.r_[probes, dopt.models])
+    assert mixed.models[2] == left[np.argmax(truth[left])]  # the hunt: the best model left, sure posterior
+    assert 0.9 < mixed.gains[2] <= 1.0
+    hunt_all = suggest(method, None, evidence, 2, "mixed:hunt=2", seed=0)
+    assert hunt_all.models[0] == np.argmax(np.where(np.isin(np.arange(20), probes), -np.inf, truth))
+    with pytest.raises(ValueError, match="hunt must be >= 1"):
+        policy_from_spec("mixed:hunt=0")
+
+
 def test_registry_lists_the_policies():
-    assert {"random", "dopt", "thompson"} <= set(POLICIES.names())
+    assert {"random", "dopt", "thompson", "mixed"} <= set(POLICIES.names())
     assert policy_from_spec("dopt:batch=true").batch and policy_from_spec("dopt:batch=true").name == "dopt:batch=true"
 
 

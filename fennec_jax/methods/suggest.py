@@ -32,6 +32,8 @@ or ``suggest:NAME:key=value+key=value`` in ``evaluate --probe_policy``):
   (task vector from the posterior, plus each model's own noise), the best of the draw is
   picked; gain = the probability that it is the best of the candidates not yet fine-tuned
   (share of ``draws`` draws).
+* ``mixed``: learn, then hunt: ``dopt`` picks while more than ``hunt`` (default 1) picks remain,
+  ``thompson`` for the last ones, on the posterior the first picks sharpened.
 
 Ties (every gain equal, e.g. a space without task-vector dims) go to the highest score.
 
@@ -64,6 +66,7 @@ __all__ = [
     "RandomPolicy",
     "DOptimal",
     "Thompson",
+    "Mixed",
     "policy_from_spec",
     "check_supported",
     "probe_precision",
@@ -249,6 +252,31 @@ class Thompson(_Policy):
         return np.asarray(picks, int), np.asarray(gains)
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixed(_Policy):
+    """Learn, then hunt: ``dopt`` picks while more than ``hunt`` picks remain, then ``thompson``
+    (``draws``) for the last ``hunt``, made on the posterior the learning picks sharpened."""
+
+    hunt: int = 1
+    draws: int = 256
+    name: str = "mixed"
+    gain: ClassVar[str] = ("information about the task vector (nats) for the learning picks, then the probability "
+                           "of being the best model not yet fine-tuned")
+
+    def __post_init__(self):
+        if self.hunt < 1:
+            raise ValueError(f"mixed: hunt must be >= 1, got {self.hunt}")
+
+    def select(self, posterior, candidates, budget, rng):
+        learn = max(budget - self.hunt, 0)
+        picks, gains = DOptimal().select(posterior, candidates, learn, rng) if learn else (np.zeros(0, int), np.zeros(0))
+        for model in picks:
+            posterior = posterior.with_probe(model)
+        left = np.asarray(candidates, int)[~np.isin(candidates, picks)]
+        more, more_gains = Thompson(draws=self.draws).select(posterior, left, budget - learn, rng)
+        return np.concatenate([picks, more]).astype(int), np.concatenate([gains, more_gains])
+
+
 def _score_draws(posterior: LinearPosterior, models: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
     """``scores[C, S]`` float32: ``draws`` joint draws of the measured scores of ``models[C]``
     (up to the common offset): task vector from the posterior plus independent noise per model."""
@@ -263,7 +291,7 @@ def _score_draws(posterior: LinearPosterior, models: np.ndarray, draws: int, rng
 
 
 def _load_policies() -> None:
-    for cls in (RandomPolicy, DOptimal, Thompson):
+    for cls in (RandomPolicy, DOptimal, Thompson, Mixed):
         POLICIES.register(cls.name, functools.partial(_build, cls))
 
 

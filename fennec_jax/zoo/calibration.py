@@ -62,12 +62,15 @@ def error_quantiles(errors: np.ndarray, groups: np.ndarray, level: float) -> tup
     (``groups[R]``: which held-out task each comes from) such that an interval
     ``[q_low, q_high]`` covers a share ``level`` of a new task's cells (module docstring, step 3).
 
-    They are the errors' ``(1 -+ l) / 2`` quantiles, at the smallest nominal level ``l`` whose
-    quantiles, taken from all held-out tasks but one, cover ``level`` of the left-out task's cells
-    on average over the tasks left out in turn. Where the cells are exchangeable ``l`` is about
-    ``level``; where a task's errors share an offset, so that a new task may lie beyond the tasks
-    seen, ``l`` rises to cover it (up to the widest errors seen, ``l = 1``). With one held-out task
-    ``l = level``; NaN without errors."""
+    Each held-out task is left out in turn and the errors of the others give their
+    ``(1 -+ l) / 2`` quantiles; ``l`` is the smallest nominal level (grid 0.005 ... 1) at which
+    these cover ``level`` of the left-out task's cells on average over the tasks left out, and
+    the result is the mean of those leave-one-out quantiles at ``l`` (the intervals whose
+    coverage was measured, not the quantiles of all H tasks, which would cover more). Where the
+    cells are exchangeable ``l`` is about ``level``; where a task's errors share an offset, so
+    that a new task may lie beyond the tasks seen, ``l`` rises to cover it. When even ``l = 1``
+    falls short, the widest errors seen. With one held-out task the errors' own
+    ``(1 -+ level) / 2`` quantiles; NaN without errors."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
     errors, groups = np.asarray(errors, np.float64), np.asarray(groups)
@@ -75,20 +78,23 @@ def error_quantiles(errors: np.ndarray, groups: np.ndarray, level: float) -> tup
         raise ValueError(f"errors and groups: expected the same shape, got {errors.shape} and {groups.shape}")
     if errors.size == 0:
         return float("nan"), float("nan")
-    nominal = level
     labels = np.unique(groups)
-    if labels.size >= 2:
-        levels = np.linspace(0.0, 1.0, _GRID + 1)[1:]
-        tails = np.concatenate([(1.0 - levels) / 2, (1.0 + levels) / 2])
-        covered = np.zeros(levels.size)
-        for label in labels:
-            left = groups == label
-            bounds = np.quantile(errors[~left], tails).reshape(2, -1)
-            cells = errors[left][:, None]
-            covered += np.mean((cells >= bounds[0]) & (cells <= bounds[1]), axis=0)
-        enough = np.flatnonzero(covered / labels.size >= level)
-        nominal = levels[enough[0]] if enough.size else 1.0
-    low, high = np.quantile(errors, [(1.0 - nominal) / 2, (1.0 + nominal) / 2])
+    if labels.size < 2:
+        low, high = np.quantile(errors, [(1.0 - level) / 2, (1.0 + level) / 2])
+        return float(low), float(high)
+    levels = np.linspace(0.0, 1.0, _GRID + 1)[1:]
+    tails = np.concatenate([(1.0 - levels) / 2, (1.0 + levels) / 2])
+    covered = np.zeros(levels.size)
+    bounds = np.zeros((labels.size, 2, levels.size))  # [task left out, low / high, nominal level]
+    for i, label in enumerate(labels):
+        left = groups == label
+        bounds[i] = np.quantile(errors[~left], tails).reshape(2, -1)
+        cells = errors[left][:, None]
+        covered += np.mean((cells >= bounds[i, 0]) & (cells <= bounds[i, 1]), axis=0)
+    enough = np.flatnonzero(covered / labels.size >= level)
+    if enough.size == 0:  # even the widest errors seen fall short: the widest interval
+        return float(errors.min()), float(errors.max())
+    low, high = bounds[:, :, enough[0]].mean(0)
     return float(low), float(high)
 
 
