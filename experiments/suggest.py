@@ -5,7 +5,7 @@
 
 --policy: thompson (hunts the best model: the chance each pick is the best model not yet
 fine-tuned), dopt (reduces the uncertainty about the task vector: expected information, nats),
-random. Probes so far (--probes) are left out and condition the choice. Prints the models, their
+mixed (dopt, then thompson for the last pick), random. Probes so far (--probes) are left out and condition the choice. Prints the models, their
 expected gain and predicted score (the zoo's units), best first.
 """
 
@@ -14,7 +14,7 @@ from absl import flags
 from experiments import cli, zoo_flags
 
 _BUDGET = flags.DEFINE_integer("budget", 3, "How many models to suggest.", lower_bound=1)
-_POLICY = flags.DEFINE_string("policy", "thompson", "thompson | dopt | random (NAME:key=value+... configures it).")
+_POLICY = flags.DEFINE_string("policy", "thompson", "thompson | dopt | mixed | random (NAME:key=value+... configures it).")
 _SEED = flags.DEFINE_integer("seed", 0, "Randomness of thompson / random.")
 
 

@@ -149,13 +149,17 @@ class Calibration:
     held_out: tuple[str, ...] = ()
     probe_errors: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     probe_groups: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
+    _quantiles: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def quantiles(self, level: float, probed: bool = False) -> tuple[float, float]:
         """``(q_low, q_high)`` of a new task's normalised error (:func:`error_quantiles`; of the
-        probed held-out tasks when ``probed`` and there are any; NaN without errors)."""
-        if probed and self.probe_errors.size:
-            return error_quantiles(self.probe_errors, self.probe_groups, level)
-        return error_quantiles(self.errors, self.groups, level)
+        probed held-out tasks when ``probed`` and there are any; NaN without errors). Computed
+        once per ``(level, probed)`` (about a second for 20 held-out tasks of 26,206 models)."""
+        probed = bool(probed and self.probe_errors.size)
+        if (level, probed) not in self._quantiles:
+            errors, groups = (self.probe_errors, self.probe_groups) if probed else (self.errors, self.groups)
+            self._quantiles[level, probed] = error_quantiles(errors, groups, level)
+        return self._quantiles[level, probed]
 
     def prior_scale(self, proxy: np.ndarray | None) -> tuple[float, float]:
         """``(mean, std)`` of the new task's scores before any probe."""

@@ -250,7 +250,8 @@ class Zoo:
                 encoder=None, seed: int = 0) -> list[dict]:
         """The next ``budget`` models to fine-tune for a new task, best first, each with its
         expected gain (:mod:`fennec_jax.methods.suggest`: ``thompson`` hunts the best model,
-        ``dopt`` reduces the uncertainty about the task vector, ``random`` is the baseline).
+        ``dopt`` reduces the uncertainty about the task vector, ``mixed`` does the one then the
+        other, ``random`` is the baseline).
 
         Returns ``[{"model", "gain", "gain_means", "predicted_score"}]``. A ZooError for a budget
         larger than the models left, an unknown or repeated probe, or a method without a
