@@ -169,6 +169,9 @@ def test_error_quantiles_cover_new_tasks_when_errors_share_a_task_offset():
     assert (low, high) == pytest.approx((-1.2816, 1.2816), abs=0.08)
     with pytest.raises(ValueError, match="level: expected a coverage in"):
         error_quantiles(errors.ravel(), np.repeat(np.arange(6), 200), 1.0)
+    # Two tasks far apart: neither covers the other at any level, so the widest errors seen.
+    assert error_quantiles(np.r_[np.zeros(5), np.full(5, 10.0)], np.repeat([0, 1], 5), 0.8) == (0.0, 10.0)
+    assert np.isnan(error_quantiles(np.zeros(0), np.zeros(0, int), 0.8)).all()
 
 
 def test_intervals_reach_as_far_as_the_task_own_probe_results():

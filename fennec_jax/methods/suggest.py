@@ -269,7 +269,7 @@ class Mixed(_Policy):
 
     def select(self, posterior, candidates, budget, rng):
         learn = max(budget - self.hunt, 0)
-        picks, gains = DOptimal().select(posterior, candidates, learn, rng) if learn else (np.zeros(0, int), np.zeros(0))
+        picks, gains = DOptimal().select(posterior, candidates, learn, rng)
         for model in picks:
             posterior = posterior.with_probe(model)
         left = np.asarray(candidates, int)[~np.isin(candidates, picks)]

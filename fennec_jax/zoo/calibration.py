@@ -14,8 +14,8 @@ fitted on the zoo's own history:
    their ``z_hat`` pulled toward the prior with the weight of one probe.
 3. **Interval**: ``[y_hat + q_low * std, y_hat + q_high * std]``, clipped to the range of the
    records' measured scores and the task's own probe results (an interval reaching past every
-   result measured says nothing more). ``q_low, q_high`` are the ``(1 -+ level) / 2`` quantiles of
-   the error a new task's cell is predicted to have, learnt from the signed normalised errors
+   result measured says nothing more). ``q_low, q_high`` are the ``(1 - level) / 2`` and
+   ``(1 + level) / 2`` quantiles of the error a new task's cell is predicted to have, learnt from the signed normalised errors
    ``e = (y - y_hat) / std`` of held-out history cells (each held-out task's scale predicted
    without it), so coverage is measured on held-out history tasks, not assumed. The errors of
    one task are not exchangeable with another's (a task better or worse than predicted moves
@@ -63,14 +63,14 @@ def error_quantiles(errors: np.ndarray, groups: np.ndarray, level: float) -> tup
     ``[q_low, q_high]`` covers a share ``level`` of a new task's cells (module docstring, step 3).
 
     Each held-out task is left out in turn and the errors of the others give their
-    ``(1 -+ l) / 2`` quantiles; ``l`` is the smallest nominal level (grid 0.005 ... 1) at which
+    ``(1 - l) / 2`` and ``(1 + l) / 2`` quantiles; ``l`` is the smallest nominal level (grid 0.005 ... 1) at which
     these cover ``level`` of the left-out task's cells on average over the tasks left out, and
     the result is the mean of those leave-one-out quantiles at ``l`` (the intervals whose
     coverage was measured, not the quantiles of all H tasks, which would cover more). Where the
     cells are exchangeable ``l`` is about ``level``; where a task's errors share an offset, so
     that a new task may lie beyond the tasks seen, ``l`` rises to cover it. When even ``l = 1``
     falls short, the widest errors seen. With one held-out task the errors' own
-    ``(1 -+ level) / 2`` quantiles; NaN without errors."""
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles; NaN without errors."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
     errors, groups = np.asarray(errors, np.float64), np.asarray(groups)
