@@ -36,6 +36,7 @@ from tqdm import tqdm
 from experiments import cli
 from fennec_jax.benchmarks.bundled import attach_task_data, load_benchmark
 from fennec_jax.eval import protocol, reports
+from fennec_jax.zoo.calibration import CALIBRATION_TASKS
 
 _BENCHMARK = flags.DEFINE_list("benchmark", None, "Bundled benchmark name(s), comma separated.")
 _RECORDS = flags.DEFINE_string("records", None, "A long table model,task,score[,seed][,split] (CSV or Parquet).")
@@ -51,11 +52,11 @@ _HISTORY = flags.DEFINE_enum("history", "targets", ["targets", "all"],
                              "History tasks: the other targets only, or all other tasks.")
 _PROBE_POLICY = flags.DEFINE_list("probe_policy", ["random"],
                                   "How probes are chosen: random and/or suggest:NAME[:key=value+...] "
-                                  "(NAME: dopt, thompson, random).")
+                                  "(NAME: dopt, thompson, mixed, random).")
 _INTERVALS = flags.DEFINE_float("intervals", None, "Two-sided level (e.g. 0.8) of calibrated intervals whose "
                                 "coverage and width the report adds (default: none).")
-_CALIBRATION_TASKS = flags.DEFINE_integer("calibration_tasks", 20, "With --intervals: history tasks of each fold "
-                                          "held out to calibrate them (one more fit each; 20 as fit_zoo).",
+_CALIBRATION_TASKS = flags.DEFINE_integer("calibration_tasks", CALIBRATION_TASKS, "With --intervals: history tasks "
+                                          "of each fold held out to calibrate them (one more fit each; as fit_zoo).",
                                           lower_bound=1)
 _SCATTER = flags.DEFINE_string("scatter_method", None, "Method whose seed-0 predictions the report keeps and plots "
                                "against the true scores (default: the last of --methods; empty: none).")

@@ -46,10 +46,11 @@ def _scores(true: np.ndarray, pred: np.ndarray, low=None, high=None) -> dict:
 
 
 def _summary(rows: list[dict]) -> dict:
+    from fennec_jax.eval.protocol import standard_error
+
     keys = rows[0].keys()
     values = {k: np.array([r[k] for r in rows]) for k in keys}
-    return {k: {"mean": float(v.mean()), "se": float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else None}
-            for k, v in values.items()}
+    return {k: {"mean": float(v.mean()), "se": standard_error(v) if v.size > 1 else None} for k, v in values.items()}
 
 
 def main():

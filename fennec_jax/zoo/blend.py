@@ -85,12 +85,12 @@ class BlendValidation:
         """The weight for re-ranking the best ``depth`` models (module docstring: the rule)."""
         if not 2 <= depth <= self.depth:
             raise ValueError(f"depth: validated for 2 to {self.depth} models, got {depth}")
+        from fennec_jax.eval.protocol import standard_error
+
         gains = self.taus[depth - 2] - self.taus[depth - 2, :1]  # [G, H] against the zoo's order
         means = gains.mean(axis=1)
         best = int(np.flatnonzero(means >= means.max() - 1e-12)[0])  # ties: the smallest weight
-        h = gains.shape[1]
-        se = float(gains[best].std(ddof=1) / np.sqrt(h)) if h > 1 else float("nan")
-        return BlendChoice(float(self.grid[best]), float(means[best]), se, h)
+        return BlendChoice(float(self.grid[best]), float(means[best]), standard_error(gains[best]), gains.shape[1])
 
     def to_json(self) -> dict:
         """The manifest entry (the figures themselves go in the zoo's checksummed arrays)."""
